@@ -1,0 +1,115 @@
+"""Account endpoints of the JSON API, compatible with the original My OCR."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import aauthenticate
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+
+from accounts.models import ApiToken
+from accounts.services import user_register
+from accounts.tokens import token_create
+from myocr.http import ApiError, api_endpoint
+from ocr.selectors import ausage_events, ausage_summary
+
+
+def request_data(request: HttpRequest) -> dict[str, Any]:
+    """Fields of a JSON or form-encoded body."""
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError("The body is not valid JSON.", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError("The body must be a JSON object.", code="invalid_json")
+        return data
+    return request.POST.dict()
+
+
+def _text_field(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(f"'{name}' is required.", code="invalid_request", status=422)
+    return value
+
+
+@api_endpoint(methods=("POST",), auth=False)
+async def register(request: HttpRequest) -> HttpResponse:
+    if not settings.REGISTRATION_OPEN:
+        raise ApiError("Registration is closed on this server.", code="registration_closed", status=403)
+    data = request_data(request)
+    username = _text_field(data, "username").strip()
+    password = _text_field(data, "password")
+    email = data.get("email") if isinstance(data.get("email"), str) else ""
+    try:
+        user = await sync_to_async(user_register)(username=username, password=password, email=email)
+    except ValidationError as exc:
+        raise ApiError(" ".join(exc.messages), code="invalid_registration", status=422) from None
+    return JsonResponse(user_as_dict(user), status=201)
+
+
+@api_endpoint(methods=("POST",), auth=False)
+async def issue_token(request: HttpRequest) -> HttpResponse:
+    """OAuth2 password grant (form fields ``username`` and ``password``; JSON accepted too)."""
+    data = request_data(request)
+    grant_type = data.get("grant_type")
+    if grant_type not in (None, "", "password"):
+        raise ApiError("Only grant_type=password is supported.", code="unsupported_grant_type")
+    username = _text_field(data, "username")
+    password = _text_field(data, "password")
+    user = await aauthenticate(request, username=username, password=password)
+    if user is None:
+        raise ApiError(
+            "Wrong username or password.",
+            code="invalid_credentials",
+            status=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    lifetime = timedelta(minutes=settings.ACCESS_TOKEN_EXPIRE_MINUTES)
+    issued = await sync_to_async(token_create)(
+        user=user, name="API login", kind=ApiToken.Kind.LOGIN, expires_at=timezone.now() + lifetime
+    )
+    return JsonResponse(
+        {
+            "access_token": issued.secret,
+            "token_type": "bearer",
+            "expires_in": int(lifetime.total_seconds()),
+            "expires_at": issued.token.expires_at.isoformat(),
+        }
+    )
+
+
+def user_as_dict(user: AbstractBaseUser) -> dict[str, Any]:
+    return {
+        "id": user.pk,
+        "username": user.get_username(),
+        "email": getattr(user, "email", ""),
+        "is_staff": getattr(user, "is_staff", False),
+        "date_joined": user.date_joined.isoformat() if getattr(user, "date_joined", None) else None,
+    }
+
+
+@api_endpoint(methods=("GET",))
+async def me(request: HttpRequest) -> HttpResponse:
+    data = user_as_dict(request.user)
+    data["auth_enabled"] = settings.AUTH_ENABLED
+    return JsonResponse(data)
+
+
+@api_endpoint(methods=("GET",))
+async def my_usage(request: HttpRequest) -> HttpResponse:
+    events = await ausage_events(owner=request.user)
+    return JsonResponse(events, safe=False, json_dumps_params={"ensure_ascii": False})
+
+
+@api_endpoint(methods=("GET",))
+async def my_usage_summary(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(await ausage_summary(owner=request.user))

@@ -1,0 +1,33 @@
+"""ASGI entry point, served by Daphne."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "myocr.settings")
+
+from django.core.asgi import get_asgi_application
+
+# Populates the app registry; must run before anything imports models.
+django_application = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from myocr.startup import start_background_tasks  # noqa: E402
+from myocr.upload_limit import UploadLimitMiddleware  # noqa: E402
+from ocr.config import ocr_config  # noqa: E402
+
+http_application = django_application
+if settings.DEBUG:
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    http_application = ASGIStaticFilesHandler(http_application)
+
+http_application = UploadLimitMiddleware(
+    http_application, paths=("/api/ocr/",), max_bytes=lambda: ocr_config().max_upload_bytes
+)
+
+application = ProtocolTypeRouter({"http": http_application})
+
+start_background_tasks()

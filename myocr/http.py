@@ -1,0 +1,114 @@
+"""Shared plumbing of the JSON API: errors as ``{"error": {"code", "message"}}`` and the bearer-token guard.
+
+API endpoints are for scripts: CSRF-exempt and authenticated only by the ``Authorization`` header, never by the
+session cookie (cookie auth without CSRF would be a hole).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+
+class ApiError(Exception):
+    """A failure answered with a JSON error body and an HTTP status."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+def error_response(error: ApiError) -> JsonResponse:
+    response = JsonResponse({"error": error.as_dict()}, status=error.status)
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+def not_authenticated(message: str) -> ApiError:
+    return ApiError(message, code="not_authenticated", status=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def authenticate_request(request: HttpRequest) -> AbstractBaseUser:
+    """The user behind the request's bearer token; with ``AUTH_ENABLED=false``, the ``anonymous`` user when
+    no valid token is given."""
+    from accounts.tokens import atoken_authenticate
+
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    user = None
+    if scheme.lower() == "bearer" and secret.strip():
+        user = await atoken_authenticate(secret.strip())
+        if user is None and settings.AUTH_ENABLED:
+            raise not_authenticated("The token is invalid, expired or revoked.")
+    if user is None:
+        if settings.AUTH_ENABLED:
+            raise not_authenticated("Send an API token: 'Authorization: Bearer <token>'.")
+        user = await anonymous_user()
+    return user
+
+
+@sync_to_async
+def anonymous_user() -> AbstractBaseUser:
+    """The shared user that owns requests when authentication is off, as in the original My OCR."""
+    user_model = get_user_model()
+    user, _ = user_model.objects.get_or_create(username=settings.ANONYMOUS_USERNAME, defaults={"is_active": True})
+    if user.has_usable_password():
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user
+
+
+ApiView = Callable[..., Awaitable[HttpResponse]]
+
+
+def api_endpoint(*, methods: tuple[str, ...], auth: bool = True) -> Callable[[ApiView], ApiView]:
+    """Make an async view a JSON API endpoint: method check, bearer auth (``request.user``), JSON errors."""
+
+    def decorate(view: ApiView) -> ApiView:
+        @csrf_exempt
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                if request.method not in methods:
+                    raise ApiError(
+                        f"Use {' or '.join(methods)}.",
+                        code="method_not_allowed",
+                        status=405,
+                        headers={"Allow": ", ".join(methods)},
+                    )
+                if auth:
+                    request.user = await authenticate_request(request)
+                return await view(request, *args, **kwargs)
+            except ApiError as error:
+                return error_response(error)
+
+        return wrapper
+
+    return decorate

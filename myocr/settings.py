@@ -1,0 +1,238 @@
+"""Settings for My OCR, all read from the environment (an optional ``.env`` file for development).
+
+The defaults run a single local process: SQLite under ``_data/``, the embedded OCR engine, an in-memory channel
+layer. Production sets ``DEBUG=false`` (the default), a ``SECRET_KEY``, ``ALLOWED_HOSTS`` and usually
+``DATABASE_URL``, ``REDIS_URL`` and ``LLM_BASE_URL``. The README lists every variable with its default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext_lazy as _
+
+from myocr.env import (
+    env_bool,
+    env_bytes,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    load_dotenv,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv(BASE_DIR / ".env")
+
+DATA_DIR = Path(env_str("OCR_DATA_DIR") or BASE_DIR / "_data")
+
+# --- Core -------------------------------------------------------------------------------------------------
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (see README: Configuration).")
+    SECRET_KEY = "insecure-development-key-do-not-use-in-production"  # noqa: S105 - DEBUG only
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if not DEBUG else ["*"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
+    "template_partials",
+    "django_prometheus",
+    "accounts",
+    "ocr",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "myocr.urls"
+ASGI_APPLICATION = "myocr.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.i18n",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------------------------------------
+
+DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'myocr.sqlite3'}"
+_database = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0, minimum=0))
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    Path(_database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # WAL lets readers run beside the single writer; IMMEDIATE transactions take the write lock up front so
+    # concurrent writers queue on the busy timeout instead of failing with "database is locked".
+    _database.setdefault("OPTIONS", {}).update(
+        {
+            "timeout": env_float("SQLITE_BUSY_TIMEOUT", 30.0, minimum=1),
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Auth -------------------------------------------------------------------------------------------------
+
+AUTH_ENABLED = env_bool("AUTH_ENABLED", True)
+ANONYMOUS_USERNAME = "anonymous"
+BOOTSTRAP_USER = env_str("BOOTSTRAP_USER")
+BOOTSTRAP_PASS = env_str("BOOTSTRAP_PASS")
+ACCESS_TOKEN_EXPIRE_MINUTES = env_int("ACCESS_TOKEN_EXPIRE_MINUTES", 60 * 24, minimum=1)
+REGISTRATION_OPEN = env_bool("REGISTRATION_OPEN", True)
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "ocr:home"
+LOGOUT_REDIRECT_URL = "accounts:login"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# --- Internationalisation ---------------------------------------------------------------------------------
+
+LANGUAGE_CODE = env_str("LANGUAGE_CODE", "en")
+LANGUAGES = [("en", _("English")), ("zh-hans", _("Simplified Chinese"))]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- Static and uploaded files ----------------------------------------------------------------------------
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT") or DATA_DIR / "static")
+STATICFILES_DIRS = [BASE_DIR / "static"]
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT") or DATA_DIR / "media")
+MEDIA_URL = "/media/"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+
+# --- Channels and cache -----------------------------------------------------------------------------------
+
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Security ---------------------------------------------------------------------------------------------
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+if not DEBUG:
+    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
+    CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 60 * 60 * 24 * 365, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+    SECURE_REDIRECT_EXEMPT = [r"^metrics$", r"^api/metrics$", r"^healthz$"]
+if env_bool("USE_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- OCR --------------------------------------------------------------------------------------------------
+
+LLM_BASE_URL = env_str("LLM_BASE_URL")
+LLM_API_KEY = env_str("LLM_API_KEY", "EMPTY")
+LLM_MODEL = env_str("LLM_MODEL", "deepseek-ai/DeepSeek-OCR")
+LLM_PROMPT = env_str("LLM_PROMPT", "Free OCR.")
+# DeepSeek-OCR's context is 8192 tokens and an image takes up to ~933 of them, so the output budget must stay
+# well below 7,200 or vLLM refuses the request.
+LLM_MAX_TOKENS = env_int("LLM_MAX_TOKENS", 4096, minimum=16, maximum=8000)
+LLM_NGRAM_SIZE = env_int("LLM_NGRAM_SIZE", 30, minimum=0)
+LLM_NGRAM_WINDOW = env_int("LLM_NGRAM_WINDOW", 90, minimum=1)
+# <td> and </td> may repeat in tables. Servers older than vLLM PR #27560 reject list values: set it empty.
+LLM_NGRAM_WHITELIST = [int(token) for token in env_list("LLM_NGRAM_WHITELIST", ["128821", "128822"])]
+
+OCR_ENGINE = env_choice("OCR_ENGINE", "auto", ("auto", "local", "openai"))
+OCR_MAX_UPLOAD_BYTES = env_bytes("OCR_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
+OCR_MAX_PDF_PAGES = env_int("OCR_MAX_PDF_PAGES", 500, minimum=1)
+OCR_MAX_IMAGE_PIXELS = env_int("OCR_MAX_IMAGE_PIXELS", 50_000_000, minimum=1)
+OCR_PDF_DPI = env_int("OCR_PDF_DPI", 144, minimum=36, maximum=600)
+OCR_MAX_RENDER_PIXELS = env_int("OCR_MAX_RENDER_PIXELS", 6_000_000, minimum=100_000)
+OCR_PAGE_FORMAT = env_choice("OCR_PAGE_FORMAT", "png", ("png", "jpeg"))
+OCR_PAGE_CONCURRENCY = env_int("OCR_PAGE_CONCURRENCY", 8, minimum=1, maximum=256)
+OCR_ENGINE_CONCURRENCY = env_int("OCR_ENGINE_CONCURRENCY", 0, minimum=0)  # 0: engine's own default
+OCR_LOCAL_THREADS = env_int("OCR_LOCAL_THREADS", 0, minimum=0)  # 0: one per core
+OCR_ENGINE_CONNECT_TIMEOUT = env_float("OCR_ENGINE_CONNECT_TIMEOUT", 5.0, minimum=0.1)
+OCR_ENGINE_FIRST_TOKEN_TIMEOUT = env_float("OCR_ENGINE_FIRST_TOKEN_TIMEOUT", 180.0, minimum=0.1)
+OCR_ENGINE_IDLE_TIMEOUT = env_float("OCR_ENGINE_IDLE_TIMEOUT", 60.0, minimum=0.1)
+OCR_ENGINE_TOTAL_TIMEOUT = env_float("OCR_ENGINE_TOTAL_TIMEOUT", 900.0, minimum=1)
+OCR_WARMUP = env_bool("OCR_WARMUP", True)
+OCR_KEEP_UPLOADS = env_bool("OCR_KEEP_UPLOADS", True)
+OCR_UPLOAD_RETENTION_DAYS = env_int("OCR_UPLOAD_RETENTION_DAYS", 30, minimum=0)
+
+# Django itself must not refuse the upload before our own checks give a clear error.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR") or None
+
+# --- Logging ----------------------------------------------------------------------------------------------
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"level": LOG_LEVEL, "propagate": True},
+        "RapidOCR": {"level": "WARNING", "propagate": True},
+        "httpx": {"level": "WARNING"},
+        "openai": {"level": "WARNING"},
+    },
+}
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

@@ -1,0 +1,24 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from accounts import api as accounts_api
+from ocr import api as ocr_api
+from ocr.views import healthz
+
+api_patterns = [
+    path("ocr/image", ocr_api.ocr_image, name="ocr-image"),
+    path("ocr/pdf", ocr_api.ocr_pdf, name="ocr-pdf"),
+    path("jobs/<str:job_id>", ocr_api.job_detail, name="job-detail"),
+    path("auth/register", accounts_api.register, name="register"),
+    path("auth/token", accounts_api.issue_token, name="token"),
+    path("users/me", accounts_api.me, name="me"),
+    path("users/me/usage", accounts_api.my_usage, name="my-usage"),
+    path("users/me/usage/summary", accounts_api.my_usage_summary, name="my-usage-summary"),
+]
+
+urlpatterns = [
+    path("api/", include((api_patterns, "api"))),
+    path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
+    path("", include("ocr.urls")),
+]

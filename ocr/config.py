@@ -1,0 +1,91 @@
+"""The OCR settings as one typed, immutable object, built from Django settings.
+
+Code reads ``ocr_config()`` rather than ``settings.OCR_*`` so each limit has one name and one type. Tests that
+override settings get a fresh object through the ``setting_changed`` signal.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+
+@dataclass(frozen=True, slots=True)
+class OcrConfig:
+    engine: str  # "local" or "openai", after resolving "auto"
+    llm_base_url: str
+    llm_api_key: str
+    llm_model: str
+    default_prompt: str
+    max_tokens: int
+    ngram_size: int
+    ngram_window: int
+    ngram_whitelist: tuple[int, ...]
+    max_upload_bytes: int
+    max_pdf_pages: int
+    max_image_pixels: int
+    pdf_dpi: int
+    max_render_pixels: int
+    page_format: str
+    page_concurrency: int
+    engine_concurrency: int
+    local_threads: int
+    connect_timeout: float
+    first_token_timeout: float
+    idle_timeout: float
+    total_timeout: float
+    warmup: bool
+    keep_uploads: bool
+    max_prompt_chars: int = 4000
+
+
+def resolve_engine_name(choice: str, base_url: str) -> str:
+    """``auto`` means the vLLM engine when a base URL is configured and the embedded engine otherwise."""
+    if choice == "auto":
+        return "openai" if base_url else "local"
+    return choice
+
+
+@cache
+def ocr_config() -> OcrConfig:
+    engine = resolve_engine_name(settings.OCR_ENGINE, settings.LLM_BASE_URL)
+    cores = os.cpu_count() or 1
+    local_threads = settings.OCR_LOCAL_THREADS or cores
+    default_concurrency = local_threads if engine == "local" else 64
+    return OcrConfig(
+        engine=engine,
+        llm_base_url=settings.LLM_BASE_URL,
+        llm_api_key=settings.LLM_API_KEY or "EMPTY",
+        llm_model=settings.LLM_MODEL,
+        default_prompt=settings.LLM_PROMPT,
+        max_tokens=settings.LLM_MAX_TOKENS,
+        ngram_size=settings.LLM_NGRAM_SIZE,
+        ngram_window=settings.LLM_NGRAM_WINDOW,
+        ngram_whitelist=tuple(settings.LLM_NGRAM_WHITELIST),
+        max_upload_bytes=settings.OCR_MAX_UPLOAD_BYTES,
+        max_pdf_pages=settings.OCR_MAX_PDF_PAGES,
+        max_image_pixels=settings.OCR_MAX_IMAGE_PIXELS,
+        pdf_dpi=settings.OCR_PDF_DPI,
+        max_render_pixels=settings.OCR_MAX_RENDER_PIXELS,
+        page_format=settings.OCR_PAGE_FORMAT,
+        page_concurrency=settings.OCR_PAGE_CONCURRENCY,
+        engine_concurrency=settings.OCR_ENGINE_CONCURRENCY or default_concurrency,
+        local_threads=local_threads,
+        connect_timeout=settings.OCR_ENGINE_CONNECT_TIMEOUT,
+        first_token_timeout=settings.OCR_ENGINE_FIRST_TOKEN_TIMEOUT,
+        idle_timeout=settings.OCR_ENGINE_IDLE_TIMEOUT,
+        total_timeout=settings.OCR_ENGINE_TOTAL_TIMEOUT,
+        warmup=settings.OCR_WARMUP,
+        keep_uploads=settings.OCR_KEEP_UPLOADS,
+    )
+
+
+@receiver(setting_changed)
+def _forget_config(*, setting: str, **kwargs: object) -> None:
+    if setting.startswith(("OCR_", "LLM_")):
+        ocr_config.cache_clear()

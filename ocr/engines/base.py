@@ -1,0 +1,87 @@
+"""The engine contract: one page image and a prompt in, a stream of text deltas and a ``Completion`` out.
+
+An engine owns its client, its timeouts and its concurrency limit. The pipeline sees only this module.
+
+The deltas are handed to a plain callback rather than yielded from an async generator: an engine enforces its
+deadlines with ``asyncio.timeout`` around the whole exchange, and a generator suspended at ``yield`` inside such
+a scope would let the timeout cancel its consumer instead of itself.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+@dataclass(slots=True)
+class PageImage:
+    """One page ready for an engine: encoded bytes (``data``/``mime``) and/or decoded RGB ``pixels``."""
+
+    number: int
+    width: int
+    height: int
+    data: bytes | None = None
+    mime: str | None = None
+    pixels: Image.Image | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    """How a page's generation ended. Token counts are the engine's own unless ``estimated`` is true."""
+
+    finish_reason: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+    layout: list[dict] | None = field(default=None)
+
+
+DeltaCallback = Callable[[str], None]
+
+
+class Engine(abc.ABC):
+    """Base class for engines. ``recognise`` passes text deltas to ``on_delta`` as they arrive and returns a
+    ``Completion``; failures raise ``ocr.errors.EngineError`` with one of the ``ENGINE_*`` codes. Cancelling
+    the calling task stops the work (and the HTTP request) in flight."""
+
+    name: str
+    model: str
+    #: Whether ``stream`` wants decoded pixels (True) or encoded image bytes (False).
+    wants_pixels: bool = False
+
+    def __init__(self, *, concurrency: int) -> None:
+        self.concurrency = concurrency
+        # asyncio primitives belong to one event loop; tests and commands may run several loops in turn.
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def slots(self) -> asyncio.Semaphore:
+        """The process-wide limit on pages this engine works on at once (for the running event loop)."""
+        loop = asyncio.get_running_loop()
+        semaphore = self._slots.get(loop)
+        if semaphore is None:
+            semaphore = self._slots[loop] = asyncio.Semaphore(self.concurrency)
+        return semaphore
+
+    def busy(self) -> int:
+        """Pages in flight in this engine for the running event loop."""
+        semaphore = self._slots.get(asyncio.get_running_loop())
+        return 0 if semaphore is None else self.concurrency - semaphore._value
+
+    @abc.abstractmethod
+    async def recognise(self, page: PageImage, prompt: str, on_delta: DeltaCallback) -> Completion:
+        """Recognise one page, calling ``on_delta`` (synchronously, never awaited) with each piece of text."""
+
+    async def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Load models or open connections ahead of the first request."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what belongs to the running event loop (clients, connections) before the loop ends."""

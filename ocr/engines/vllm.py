@@ -1,0 +1,246 @@
+"""The production engine: vLLM serving DeepSeek-OCR through its OpenAI-compatible API.
+
+The request is exactly what DeepSeek-OCR needs: one user message holding the page as a data URL and the prompt,
+``temperature`` 0, ``skip_special_tokens`` false (the grounding markup is made of special tokens), the n-gram
+logits-processor arguments in ``vllm_xargs`` and ``stream_options.include_usage`` for real token counts.
+
+The stream is read as raw SSE lines through the package's streaming-response API and each ``data:`` line is
+parsed with orjson: building the package's typed chunk objects costs about 8× more CPU per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import weakref
+from typing import Any
+
+import httpx2
+import openai
+import orjson
+
+from ocr.config import OcrConfig
+from ocr.engines.base import Completion, DeltaCallback, Engine, PageImage
+from ocr.errors import (
+    ENGINE_BAD_REQUEST,
+    ENGINE_ERROR,
+    ENGINE_TIMEOUT,
+    ENGINE_UNAVAILABLE,
+    EngineError,
+)
+
+logger = logging.getLogger(__name__)
+
+RETRY_DELAYS = (0.25, 1.0)  # before the first token only: the request never reached the GPU
+
+
+class VllmEngine(Engine):
+    name = "openai"
+    wants_pixels = False
+
+    def __init__(self, config: OcrConfig) -> None:
+        super().__init__(concurrency=config.engine_concurrency)
+        self.model = config.llm_model
+        self.config = config
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def client(self) -> openai.AsyncOpenAI:
+        """The OpenAI client for the running event loop (its connection pool belongs to that loop)."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            config = self.config
+            http_client = openai.DefaultAsyncHttpxClient(
+                # Our own deadlines below govern the first token, the gaps and the total; httpx only bounds
+                # connecting and acts as a backstop.
+                timeout=httpx2.Timeout(config.total_timeout + 5, connect=config.connect_timeout),
+                limits=httpx2.Limits(
+                    max_connections=self.concurrency + 8, max_keepalive_connections=self.concurrency + 8
+                ),
+            )
+            client = openai.AsyncOpenAI(
+                base_url=config.llm_base_url,
+                api_key=config.llm_api_key,
+                max_retries=0,
+                http_client=http_client,
+            )
+            self._clients[loop] = client
+        return client
+
+    def request_body(self, page: PageImage, prompt: str) -> dict[str, Any]:
+        """The keyword arguments of the chat-completion call for one page."""
+        assert page.data is not None and page.mime is not None
+        image_url = f"data:{page.mime};base64,{base64.b64encode(page.data).decode('ascii')}"
+        extra_body: dict[str, Any] = {"skip_special_tokens": False}
+        if self.config.ngram_size:
+            xargs: dict[str, Any] = {
+                "ngram_size": self.config.ngram_size,
+                "window_size": self.config.ngram_window,
+            }
+            if self.config.ngram_whitelist:
+                xargs["whitelist_token_ids"] = list(self.config.ngram_whitelist)
+            extra_body["vllm_xargs"] = xargs
+        return {
+            "model": self.model,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": image_url}},
+                        {"type": "text", "text": prompt},
+                    ],
+                }
+            ],
+            "temperature": 0.0,
+            "max_tokens": self.config.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "extra_body": extra_body,
+        }
+
+    async def recognise(self, page: PageImage, prompt: str, on_delta: DeltaCallback) -> Completion:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        total_deadline = started + config.total_timeout
+        body = self.request_body(page, prompt)
+        create = self.client().chat.completions.with_streaming_response.create
+
+        finish_reason: str | None = None
+        usage: dict[str, Any] | None = None
+        content_chunks = 0
+        got_first = False
+        saw_done = False
+        attempt = 0
+        unavailable: openai.APIError | None = None
+        idle = config.idle_timeout
+        slack = idle * 0.05
+        try:
+            async with asyncio.timeout_at(min(total_deadline, started + config.first_token_timeout)) as deadline:
+                while True:
+                    try:
+                        async with create(**body) as response:
+                            rescheduled_at = loop.time()
+                            async for line in response.iter_lines():
+                                if not line.startswith("data:"):
+                                    continue  # blank separators, comments
+                                payload = line[5:].strip()
+                                if payload == "[DONE]":
+                                    saw_done = True
+                                    break
+                                chunk = orjson.loads(payload)
+                                error = chunk.get("error")
+                                if error is not None:
+                                    raise EngineError(_stream_error_message(error), code=ENGINE_ERROR)
+                                choices = chunk.get("choices")
+                                if choices:
+                                    choice = choices[0]
+                                    content = (choice.get("delta") or {}).get("content")
+                                    if content:
+                                        content_chunks += 1
+                                        got_first = True
+                                        on_delta(content)
+                                    if choice.get("finish_reason"):
+                                        finish_reason = choice["finish_reason"]
+                                if chunk.get("usage"):
+                                    usage = chunk["usage"]
+                                if got_first:
+                                    now = loop.time()
+                                    # Moving the deadline costs a timer; do it only when it has drifted a bit.
+                                    if now - rescheduled_at > slack:
+                                        deadline.reschedule(min(total_deadline, now + idle))
+                                        rescheduled_at = now
+                        break
+                    except (openai.APIConnectionError, openai.InternalServerError) as exc:
+                        retryable = isinstance(exc, openai.APIConnectionError) or exc.status_code == 503
+                        if got_first or not retryable or attempt >= len(RETRY_DELAYS):
+                            raise
+                        logger.info("engine not reachable (%s); retrying", exc)
+                        unavailable = exc
+                        await asyncio.sleep(RETRY_DELAYS[attempt])
+                        attempt += 1
+        except TimeoutError:
+            if unavailable is not None and not got_first:
+                # The deadline ran out while waiting to retry: the engine's refusal is the real story.
+                raise _engine_error(unavailable) from None
+            elapsed = loop.time() - started
+            if not got_first:
+                message = f"The engine sent no text within {elapsed:.0f} s."
+            elif loop.time() >= total_deadline:
+                message = f"The engine did not finish the page within {config.total_timeout:g} s."
+            else:
+                message = f"The engine stalled: no text for {idle:g} s."
+            raise EngineError(message, code=ENGINE_TIMEOUT) from None
+        except openai.APIError as exc:
+            raise _engine_error(exc) from None
+        except (httpx2.HTTPError, OSError) as exc:
+            raise EngineError(f"The connection to the engine broke: {_cause(exc)}", code=ENGINE_ERROR) from None
+        except orjson.JSONDecodeError:
+            raise EngineError("The engine sent a malformed stream.", code=ENGINE_ERROR) from None
+
+        if not saw_done or finish_reason is None:
+            raise EngineError("The engine closed the stream before finishing the page.", code=ENGINE_ERROR)
+        if finish_reason not in ("stop", "length"):
+            raise EngineError(f"The engine ended the page with '{finish_reason}'.", code=ENGINE_ERROR)
+        if usage is not None:
+            return Completion(
+                finish_reason=finish_reason,
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+        # A server that ignores stream_options: every content chunk carries at least one token.
+        return Completion(finish_reason=finish_reason, completion_tokens=content_chunks, estimated=True)
+
+    async def warm_up(self) -> None:
+        """Open a connection and check the model is served; problems are logged, not raised."""
+        try:
+            models = await self.client().models.list()
+            served = [model.id for model in models.data]
+            if self.model not in served:
+                logger.warning("engine serves %s, not LLM_MODEL=%s", served, self.model)
+        except openai.APIError as exc:
+            logger.warning("engine at %s not ready yet: %s", self.config.llm_base_url, exc)
+
+    async def aclose(self) -> None:
+        """Close the client of the running event loop (before that loop ends)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
+
+
+def _engine_error(exc: openai.APIError) -> EngineError:
+    if isinstance(exc, openai.APITimeoutError):
+        return EngineError("Connecting to the engine timed out.", code=ENGINE_TIMEOUT)
+    if isinstance(exc, openai.APIConnectionError):
+        return EngineError(f"The engine is not reachable: {_cause(exc)}", code=ENGINE_UNAVAILABLE)
+    if isinstance(exc, openai.APIStatusError):
+        return _status_error(exc)
+    return EngineError(f"The engine failed: {exc}", code=ENGINE_ERROR)
+
+
+def _status_error(exc: openai.APIStatusError) -> EngineError:
+    status = exc.status_code
+    message = f"The engine answered HTTP {status}: {exc.message}"
+    if status in (401, 403):
+        return EngineError(
+            f"The engine refused our credentials (check LLM_API_KEY): HTTP {status}.", code=ENGINE_UNAVAILABLE
+        )
+    if status in (429, 502, 503, 504):
+        return EngineError(message, code=ENGINE_UNAVAILABLE)
+    if 400 <= status < 500:
+        return EngineError(message, code=ENGINE_BAD_REQUEST)
+    return EngineError(message, code=ENGINE_ERROR)
+
+
+def _stream_error_message(error: Any) -> str:
+    if isinstance(error, dict):
+        return f"The engine failed while streaming: {error.get('message') or error.get('type') or 'unknown error'}"
+    return f"The engine failed while streaming: {error}"
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return str(cause or exc) or type(cause or exc).__name__

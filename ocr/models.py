@@ -1,0 +1,147 @@
+"""The job ledger: one ``OcrJob`` per upload, one ``OcrPage`` per page the engine worked on.
+
+Usage figures live on these rows and are written on every path (done, partial, failed, cancelled,
+interrupted), so the admin console and quotas read one consistent ledger.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class JobKind(models.TextChoices):
+    IMAGE = "image", _("Image")
+    PDF = "pdf", _("PDF")
+
+
+class JobStatus(models.TextChoices):
+    RUNNING = "running", _("Running")
+    DONE = "done", _("Done")
+    PARTIAL = "partial", _("Partial")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+    INTERRUPTED = "interrupted", _("Interrupted")
+
+    @classmethod
+    def terminal(cls) -> frozenset[str]:
+        return frozenset({cls.DONE, cls.PARTIAL, cls.FAILED, cls.CANCELLED, cls.INTERRUPTED})
+
+
+class PageStatus(models.TextChoices):
+    DONE = "done", _("Done")
+    TRUNCATED = "truncated", _("Cut off")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+class JobSource(models.TextChoices):
+    API = "api", _("API")
+    WEB = "web", _("Web")
+    CLI = "cli", _("Command line")
+
+
+def upload_path(job: OcrJob, filename: str) -> str:
+    # The client's file name never reaches the file system: only the job's id and a known extension do.
+    extension = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+    suffix = extension.get(job.content_type, ".bin")
+    created = job.created_at or timezone.now()
+    return f"uploads/{created:%Y/%m}/{job.id}{suffix}"
+
+
+class UsageFields(models.Model):
+    """Token and character counts; ``usage_estimated`` says the engine could not report real token counts."""
+
+    prompt_tokens = models.PositiveIntegerField(_("prompt tokens"), default=0)
+    completion_tokens = models.PositiveIntegerField(_("completion tokens"), default=0)
+    completion_chars = models.PositiveIntegerField(_("completion characters"), default=0)
+    usage_estimated = models.BooleanField(_("usage estimated"), default=False)
+
+    class Meta:
+        abstract = True
+
+
+class OcrJob(UsageFields):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ocr_jobs", verbose_name=_("owner")
+    )
+    kind = models.CharField(_("kind"), max_length=8, choices=JobKind.choices)
+    source = models.CharField(_("source"), max_length=8, choices=JobSource.choices, default=JobSource.API)
+    status = models.CharField(
+        _("status"), max_length=16, choices=JobStatus.choices, default=JobStatus.RUNNING, db_index=True
+    )
+    file_name = models.CharField(_("file name"), max_length=255)
+    content_type = models.CharField(_("detected type"), max_length=64)
+    input_bytes = models.PositiveBigIntegerField(_("input bytes"), default=0)
+    upload = models.FileField(_("uploaded file"), upload_to=upload_path, blank=True, max_length=255)
+    prompt = models.TextField(_("prompt"), blank=True)
+    prompt_chars = models.PositiveIntegerField(_("prompt characters"), default=0)
+    engine = models.CharField(_("engine"), max_length=16)
+    model = models.CharField(_("model"), max_length=200, blank=True)
+    page_count = models.PositiveIntegerField(_("pages"), default=0)
+    pages_done = models.PositiveIntegerField(_("pages done"), default=0)
+    pages_failed = models.PositiveIntegerField(_("pages failed"), default=0)
+    created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    first_delta_ms = models.PositiveIntegerField(_("time to first text (ms)"), null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"), null=True, blank=True)
+    error_code = models.CharField(_("error code"), max_length=64, blank=True)
+    error_message = models.TextField(_("error"), blank=True)
+    worker = models.CharField(
+        _("worker"), max_length=128, blank=True, help_text=_("The server process that ran the job.")
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("OCR job")
+        verbose_name_plural = _("OCR jobs")
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="ocrjob_owner_created"),
+            models.Index(fields=["status", "worker"], name="ocrjob_status_worker"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.file_name} ({self.kind}, {self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in JobStatus.terminal()
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class OcrPage(UsageFields):
+    job = models.ForeignKey(OcrJob, on_delete=models.CASCADE, related_name="pages", verbose_name=_("job"))
+    number = models.PositiveIntegerField(_("page"))
+    status = models.CharField(_("status"), max_length=16, choices=PageStatus.choices)
+    text = models.TextField(_("text"), blank=True)
+    finish_reason = models.CharField(_("finish reason"), max_length=16, blank=True)
+    error_code = models.CharField(_("error code"), max_length=64, blank=True)
+    error_message = models.TextField(_("error"), blank=True)
+    width = models.PositiveIntegerField(_("width"), null=True, blank=True)
+    height = models.PositiveIntegerField(_("height"), null=True, blank=True)
+    layout = models.JSONField(
+        _("layout"),
+        null=True,
+        blank=True,
+        help_text=_("Boxes the engine reported, in 0–999 page coordinates."),
+    )
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "number"]
+        verbose_name = _("OCR page")
+        verbose_name_plural = _("OCR pages")
+        constraints = [models.UniqueConstraint(fields=["job", "number"], name="ocrpage_unique_number")]
+
+    def __str__(self) -> str:
+        return f"page {self.number} of {self.job_id}"

@@ -1,0 +1,307 @@
+"""Run one OCR job: pages → engine with bounded concurrency → a stream of events.
+
+Events are plain dicts in the vocabulary of the PDF frames (``start``, ``page_start``, ``page_delta``,
+``page_end``, ``error``, ``end``); the transports turn them into NDJSON or SSE. Guarantees every consumer can
+rely on, whatever fails:
+
+- ``start`` comes first and exactly one ``end`` comes last;
+- every ``page_start`` gets exactly one ``page_end`` (a failed page's carries ``status`` and ``error``);
+- a job that failed as a whole sends ``error`` right before ``end``;
+- pages are written to the ledger as they finish, and the job's status and usage on every path;
+- cancelling the consumer (a client that went away) cancels the engine requests in flight and records the job
+  as cancelled, with the usage so far.
+
+``JobRun.batches()`` yields lists of the events that are ready, so a transport can write them as one chunk:
+one chunk per token would cost the server far more CPU than the relay itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from django.utils import timezone
+
+from ocr import errors
+from ocr.engines.base import Completion, Engine
+from ocr.errors import EngineError
+from ocr.intake import Document
+from ocr.models import JobStatus, OcrJob, PageStatus
+from ocr.services import JobTotals, PageOutcome, job_finish, page_record
+
+logger = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+END = "end"
+
+
+class JobRun:
+    """One job in flight. Iterate ``batches()`` once; stopping early cancels the job."""
+
+    def __init__(
+        self,
+        *,
+        job: OcrJob,
+        document: Document,
+        engine: Engine,
+        prompt: str,
+        page_concurrency: int,
+        observer: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.job = job
+        self.document = document
+        self.engine = engine
+        self.prompt = prompt
+        self.page_concurrency = max(1, min(page_concurrency, document.page_count))
+        self.totals = JobTotals()
+        self.status: str | None = None
+        self._observer = observer
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._in_flight: dict[int, PageOutcome] = {}
+        self._first_error: dict[str, str] | None = None
+        self._started = 0.0
+        self._first_delta_ms: int | None = None
+        self.error: dict[str, str] | None = None
+        self.started = False
+
+    # --- consumer side ------------------------------------------------------------------------------------
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """Yield the events that are ready, in order, as lists; the last list ends with the ``end`` event."""
+        self.started = True
+        runner = asyncio.create_task(self._run(), name=f"ocr-job-{self.job.pk}")
+        queue = self._queue
+        try:
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                yield batch
+                if batch[-1]["type"] == END:
+                    return
+        finally:
+            if not runner.done():
+                runner.cancel()
+            # Let the runner record the cancellation, even though our own task is being cancelled.
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The same events one by one (for consumers that do not batch)."""
+        async for batch in self.batches():
+            for event in batch:
+                yield event
+
+    # --- producer side ------------------------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        self._queue.put_nowait(event)
+        if self._observer is not None:
+            self._observer(event)
+
+    async def _run(self) -> None:
+        job = self.job
+        document = self.document
+        self._started = time.monotonic()
+        self._emit(
+            {
+                "type": "start",
+                "kind": job.kind,
+                "job_id": str(job.pk),
+                "pages": document.page_count,
+                "file_name": job.file_name,
+                "input_bytes": job.input_bytes,
+                "engine": self.engine.name,
+                "model": self.engine.model,
+            }
+        )
+        numbers = iter(range(1, document.page_count + 1))
+
+        async def worker() -> None:
+            for number in numbers:
+                await self._page(number)
+
+        status = JobStatus.FAILED
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self.page_concurrency):
+                    group.create_task(worker())
+            status = self._final_status()
+        except asyncio.CancelledError:
+            status = JobStatus.CANCELLED
+            raise
+        except Exception as exc:  # a bug, not an engine failure: still end the stream properly
+            logger.exception("job %s failed unexpectedly", job.pk)
+            self._first_error = {"code": "internal_error", "message": f"Internal error: {type(exc).__name__}"}
+            status = JobStatus.FAILED
+        finally:
+            await self._finish(status)
+
+    def _final_status(self) -> str:
+        totals = self.totals
+        if totals.pages_done == 0:
+            return JobStatus.FAILED
+        if totals.statuses.get(PageStatus.DONE, 0) == self.document.page_count:
+            return JobStatus.DONE
+        return JobStatus.PARTIAL
+
+    async def _page(self, number: int) -> None:
+        engine = self.engine
+        outcome = PageOutcome(number=number, status=PageStatus.FAILED)
+        parts: list[str] = []
+        emit = self._emit
+        first_delta = self._first_delta_ms is None
+
+        def on_delta(text: str) -> None:
+            nonlocal first_delta
+            parts.append(text)
+            emit({"type": "page_delta", "page": number, "delta": text})
+            if first_delta:
+                first_delta = False
+                if self._first_delta_ms is None:
+                    self._first_delta_ms = int((time.monotonic() - self._started) * 1000)
+
+        async with engine.slots():
+            outcome.started_at = timezone.now()
+            self._in_flight[number] = outcome
+            emit({"type": "page_start", "page": number})
+            try:
+                page = await self.document.page(number, pixels=engine.wants_pixels)
+                outcome.width, outcome.height = page.width, page.height
+                completion = await engine.recognise(page, self.prompt, on_delta)
+                del page
+                self._complete(outcome, completion)
+            except EngineError as exc:
+                outcome.error_code, outcome.error_message = exc.code, exc.message
+            except asyncio.CancelledError:
+                outcome.status = PageStatus.CANCELLED
+                outcome.error_code, outcome.error_message = errors.CANCELLED, "The client went away."
+                outcome.text = "".join(parts)
+                # Tokens already streamed were spent on the GPU: count them, flagged as an estimate.
+                outcome.completion_tokens, outcome.estimated = len(parts), True
+                raise
+            except Exception as exc:
+                if isinstance(exc, IndexError | OSError | ValueError):
+                    outcome.error_code = "render_failed"
+                    outcome.error_message = f"Page {number} could not be rendered."
+                else:
+                    outcome.error_code = "internal_error"
+                    outcome.error_message = f"Internal error on page {number}: {type(exc).__name__}"
+                logger.exception("page %s of job %s failed", number, self.job.pk)
+            outcome.text = "".join(parts)
+            outcome.finished_at = timezone.now()
+            del self._in_flight[number]
+            self.totals.add(outcome, len(self.prompt))
+            if outcome.error_code and self._first_error is None:
+                self._first_error = {"code": outcome.error_code, "message": outcome.error_message}
+        await page_record(job_id=self.job.pk, outcome=outcome)
+        emit(page_end_event(outcome))
+
+    @staticmethod
+    def _complete(outcome: PageOutcome, completion: Completion) -> None:
+        outcome.prompt_tokens = completion.prompt_tokens
+        outcome.completion_tokens = completion.completion_tokens
+        outcome.estimated = completion.estimated
+        outcome.finish_reason = completion.finish_reason
+        outcome.layout = completion.layout
+        if completion.finish_reason == "length":
+            outcome.status = PageStatus.TRUNCATED
+            outcome.error_code = errors.ENGINE_CUT_OFF
+            outcome.error_message = (
+                f"The engine stopped at its token limit after {completion.completion_tokens} tokens; the "
+                "text of this page is incomplete (often a repetition loop)."
+            )
+        else:
+            outcome.status = PageStatus.DONE
+
+    async def _finish(self, status: str) -> None:
+        """Write the job's final state, then send ``error`` (for a failed job) and ``end``.
+
+        ``end`` and the ledger carry the first page error of a job that did not fully succeed.
+        """
+        self.status = status
+        unrecorded = list(self._in_flight.values())
+        for outcome in unrecorded:
+            outcome.finished_at = timezone.now()
+            self.totals.add(outcome, len(self.prompt))
+        self._in_flight.clear()
+        error = None if status == JobStatus.DONE else self._first_error
+        if status == JobStatus.CANCELLED:
+            error = {"code": errors.CANCELLED, "message": "The job was cancelled: the client went away."}
+        elif status == JobStatus.FAILED and error is None:
+            error = {"code": "internal_error", "message": "The job failed."}
+        self.error = error
+        duration_ms = int((time.monotonic() - self._started) * 1000)
+        try:
+            # Shielded: a client that leaves must not stop the ledger from being written.
+            await asyncio.shield(
+                job_finish(
+                    job_id=self.job.pk,
+                    status=status,
+                    totals=self.totals,
+                    unrecorded=unrecorded,
+                    first_delta_ms=self._first_delta_ms,
+                    duration_ms=duration_ms,
+                    error_code=error["code"] if error else "",
+                    error_message=error["message"] if error else "",
+                )
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("could not record the end of job %s", self.job.pk)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.document.aclose()
+        if status == JobStatus.FAILED:
+            self._emit({"type": "error", "error": error})
+        self._emit(self.end_event(duration_ms))
+
+    def end_event(self, duration_ms: int) -> Event:
+        totals = self.totals
+        job = self.job
+        event: Event = {
+            "type": END,
+            "status": self.status,
+            "job_id": str(job.pk),
+            "usage": {
+                "prompt_tokens": totals.prompt_tokens,
+                "completion_tokens": totals.completion_tokens,
+                "prompt_chars": totals.prompt_chars,
+                "completion_chars": totals.completion_chars,
+                "input_bytes": job.input_bytes,
+                "pages": self.document.page_count,
+                "estimated": totals.estimated,
+            },
+            "pages_done": totals.pages_done,
+            "pages_failed": totals.pages_failed,
+            "elapsed_ms": duration_ms,
+        }
+        if self.error is not None:
+            event["error"] = self.error
+        return event
+
+
+def page_end_event(outcome: PageOutcome) -> Event:
+    event: Event = {
+        "type": "page_end",
+        "page": outcome.number,
+        "status": outcome.status,
+        "usage": {
+            "prompt_tokens": outcome.prompt_tokens,
+            "completion_tokens": outcome.completion_tokens,
+            "completion_chars": outcome.completion_chars,
+            "estimated": outcome.estimated,
+        },
+        "finish_reason": outcome.finish_reason or None,
+        "elapsed_ms": outcome.duration_ms,
+    }
+    if outcome.error_code:
+        event["error"] = {"code": outcome.error_code, "message": outcome.error_message}
+    if outcome.layout:
+        event["layout"] = outcome.layout
+    return event

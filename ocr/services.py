@@ -1,0 +1,186 @@
+"""Writes to the job ledger. Views, the pipeline and commands call these; nothing else writes jobs or pages."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+
+from ocr.models import JobStatus, OcrJob, OcrPage
+
+#: Identifies this server process in ``OcrJob.worker``, so a restarted process can find the jobs it left.
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(slots=True)
+class PageOutcome:
+    number: int
+    status: str
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+    finish_reason: str = ""
+    error_code: str = ""
+    error_message: str = ""
+    width: int | None = None
+    height: int | None = None
+    layout: list[dict] | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def completion_chars(self) -> int:
+        return len(self.text)
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return int((self.finished_at - self.started_at).total_seconds() * 1000)
+
+
+@dataclass(slots=True)
+class JobTotals:
+    """Running usage totals of a job, the same figures the ``end`` frame and the ledger carry."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    completion_chars: int = 0
+    prompt_chars: int = 0
+    pages_done: int = 0
+    pages_failed: int = 0
+    estimated: bool = False
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def add(self, outcome: PageOutcome, prompt_chars: int) -> None:
+        self.prompt_tokens += outcome.prompt_tokens
+        self.completion_tokens += outcome.completion_tokens
+        self.completion_chars += outcome.completion_chars
+        if outcome.status != "cancelled" or outcome.completion_tokens:
+            self.prompt_chars += prompt_chars
+        self.estimated = self.estimated or outcome.estimated
+        if outcome.status in ("done", "truncated"):
+            self.pages_done += 1
+        elif outcome.status == "failed":
+            self.pages_failed += 1
+        self.statuses[outcome.status] = self.statuses.get(outcome.status, 0) + 1
+
+
+def _create_job(
+    *,
+    owner: AbstractBaseUser,
+    kind: str,
+    source: str,
+    file_name: str,
+    content_type: str,
+    data: bytes,
+    prompt: str,
+    engine: str,
+    model: str,
+    page_count: int,
+    keep_upload: bool,
+) -> OcrJob:
+    job = OcrJob(
+        owner=owner,
+        kind=kind,
+        source=source,
+        file_name=file_name,
+        content_type=content_type,
+        input_bytes=len(data),
+        prompt=prompt,
+        engine=engine,
+        model=model,
+        page_count=page_count,
+        worker=WORKER_ID,
+        status=JobStatus.RUNNING,
+    )
+    if keep_upload:
+        # The name passed here is ignored by ``upload_path``: the client's file name never reaches the disk.
+        job.upload.save("upload", ContentFile(data), save=False)
+    job.save(force_insert=True)
+    return job
+
+
+job_create = sync_to_async(_create_job)
+
+
+def _record_page(*, job_id: object, outcome: PageOutcome) -> None:
+    OcrPage.objects.update_or_create(
+        job_id=job_id,
+        number=outcome.number,
+        defaults={
+            "status": outcome.status,
+            "text": outcome.text,
+            "prompt_tokens": outcome.prompt_tokens,
+            "completion_tokens": outcome.completion_tokens,
+            "completion_chars": outcome.completion_chars,
+            "usage_estimated": outcome.estimated,
+            "finish_reason": outcome.finish_reason,
+            "error_code": outcome.error_code,
+            "error_message": outcome.error_message,
+            "width": outcome.width,
+            "height": outcome.height,
+            "layout": outcome.layout,
+            "started_at": outcome.started_at,
+            "finished_at": outcome.finished_at,
+            "duration_ms": outcome.duration_ms,
+        },
+    )
+
+
+page_record = sync_to_async(_record_page)
+
+
+def _finish_job(
+    *,
+    job_id: object,
+    status: str,
+    totals: JobTotals,
+    unrecorded: list[PageOutcome],
+    first_delta_ms: int | None,
+    duration_ms: int,
+    error_code: str = "",
+    error_message: str = "",
+) -> None:
+    with transaction.atomic():
+        for outcome in unrecorded:
+            _record_page(job_id=job_id, outcome=outcome)
+        OcrJob.objects.filter(pk=job_id).update(
+            status=status,
+            prompt_tokens=totals.prompt_tokens,
+            completion_tokens=totals.completion_tokens,
+            completion_chars=totals.completion_chars,
+            prompt_chars=totals.prompt_chars,
+            usage_estimated=totals.estimated,
+            pages_done=totals.pages_done,
+            pages_failed=totals.pages_failed,
+            first_delta_ms=first_delta_ms,
+            duration_ms=duration_ms,
+            finished_at=timezone.now(),
+            error_code=error_code,
+            error_message=error_message[:2000],
+        )
+
+
+job_finish = sync_to_async(_finish_job)
+
+
+def _abandon_job(*, job_id: object, error_code: str, error_message: str) -> None:
+    """Close a job that never started streaming (its client left before the first frame)."""
+    OcrJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+        status=JobStatus.CANCELLED,
+        finished_at=timezone.now(),
+        error_code=error_code,
+        error_message=error_message,
+    )
+
+
+job_abandon = _abandon_job

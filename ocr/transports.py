@@ -1,0 +1,86 @@
+"""The pipeline's events on the wire: NDJSON for scripts, Server-Sent Events for browsers. No logic here.
+
+NDJSON frames are the published contract (``ARCHITECTURE.md``). Each batch of ready events becomes one chunk;
+consecutive deltas of one page within a batch are merged into one frame, which the contract allows (a page
+has "zero or more" delta frames) and which keeps the cost per token low under load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import aclosing
+from typing import Any
+
+import orjson
+
+from ocr.pipeline import Event
+
+NDJSON_CONTENT_TYPE = "application/x-ndjson; charset=utf-8"
+_IMAGE_HIDDEN = frozenset({"page_start", "page_end"})
+
+
+def merge_deltas(batch: Iterable[Event]) -> list[Event]:
+    """Merge the ``page_delta`` events of each page between two other events, keeping every page's order."""
+    merged: list[Event] = []
+    pending: dict[int, list[str]] = {}
+
+    def flush() -> None:
+        for page, parts in pending.items():
+            merged.append({"type": "page_delta", "page": page, "delta": "".join(parts)})
+        pending.clear()
+
+    for event in batch:
+        if event["type"] == "page_delta":
+            parts = pending.get(event["page"])
+            if parts is None:
+                pending[event["page"]] = [event["delta"]]
+            else:
+                parts.append(event["delta"])
+        else:
+            if pending:
+                flush()
+            merged.append(event)
+    if pending:
+        flush()
+    return merged
+
+
+def ndjson_frame(event: Event, kind: str) -> dict[str, Any] | None:
+    """The NDJSON frame for ``event`` in a job of ``kind``, or ``None`` when that kind has no such frame."""
+    if kind != "image":
+        return event
+    event_type = event["type"]
+    if event_type == "page_delta":
+        return {"type": "delta", "delta": event["delta"]}
+    if event_type in _IMAGE_HIDDEN:
+        return None
+    if event_type == "start":
+        return {key: value for key, value in event.items() if key != "pages"}
+    if event_type == "end":
+        usage = {key: value for key, value in event["usage"].items() if key != "pages"}
+        frame = {key: value for key, value in event.items() if key not in ("pages_done", "pages_failed")}
+        frame["usage"] = usage
+        return frame
+    return event
+
+
+def encode_ndjson(batch: Iterable[Event], kind: str) -> bytes:
+    lines = []
+    for event in merge_deltas(batch):
+        frame = ndjson_frame(event, kind)
+        if frame is not None:
+            lines.append(orjson.dumps(frame))
+    if not lines:
+        return b""
+    lines.append(b"")
+    return b"\n".join(lines)
+
+
+async def ndjson_stream(batches: AsyncIterator[list[Event]], kind: str) -> AsyncIterator[bytes]:
+    # Closing explicitly: an abandoned inner generator would only be finalised by the garbage collector,
+    # leaving the job's engine requests running after the client left.
+    async with aclosing(batches) as stream:
+        async for batch in stream:
+            chunk = encode_ndjson(batch, kind)
+            if chunk:
+                yield chunk

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from ocr import views
+
+app_name = "ocr"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+]

@@ -1,0 +1,136 @@
+"""Shared fixtures: users and tokens, engine switching, the fake vLLM server, NDJSON helpers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import AsyncClient
+
+from accounts.tokens import token_create
+from testing.fake_vllm import FakeVllm
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+async def close_thread_connections() -> Any:
+    """Close the database connections that async ORM calls opened in asgiref's worker thread, so that
+    PostgreSQL can drop the test database at the end of the run."""
+    yield
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture(scope="session")
+def fake_vllm_server() -> Iterator[Any]:
+    """One fake vLLM server for the whole run, on a free loopback port, in a background thread."""
+    with FakeVllm.run_in_thread() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_vllm(fake_vllm_server: Any, settings: Any) -> Iterator[Any]:
+    """The fake vLLM server, reset, with the app configured to use it through the real ``openai`` client."""
+    fake_vllm_server.reset()
+    settings.OCR_ENGINE = "openai"
+    settings.LLM_BASE_URL = fake_vllm_server.base_url
+    settings.LLM_API_KEY = "EMPTY"
+    settings.OCR_ENGINE_FIRST_TOKEN_TIMEOUT = 5.0
+    settings.OCR_ENGINE_IDLE_TIMEOUT = 2.0
+    settings.OCR_ENGINE_TOTAL_TIMEOUT = 30.0
+    yield fake_vllm_server
+    fake_vllm_server.reset()
+
+
+@pytest.fixture
+def local_engine(settings: Any) -> None:
+    settings.OCR_ENGINE = "local"
+
+
+def make_user(username: str, *, staff: bool = False) -> Any:
+    return get_user_model().objects.create_user(username=username, password=PASSWORD, is_staff=staff)
+
+
+@pytest.fixture
+def alice(transactional_db: None) -> Any:
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(transactional_db: None) -> Any:
+    return make_user("bob")
+
+
+@pytest.fixture
+def alice_token(alice: Any) -> str:
+    return token_create(user=alice, name="tests").secret
+
+
+@pytest.fixture
+def bob_token(bob: Any) -> str:
+    return token_create(user=bob, name="tests").secret
+
+
+class Api:
+    """Calls the API through Django's ASGI handler, with a bearer token, and reads NDJSON streams."""
+
+    def __init__(self, token: str | None) -> None:
+        self.client = AsyncClient()
+        self.token = token
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def post_file(
+        self, endpoint: str, data: bytes, *, name: str = "upload.bin", prompt: str | None = None
+    ) -> Any:
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        form: dict[str, Any] = {"file": SimpleUploadedFile(name, data, content_type="application/octet-stream")}
+        if prompt is not None:
+            form["prompt"] = prompt
+        return await self.client.post(f"/api/ocr/{endpoint}", form, headers=self.headers())
+
+    async def ocr(self, endpoint: str, data: bytes, **kwargs: Any) -> tuple[Any, list[dict[str, Any]]]:
+        """POST a file and read the whole NDJSON stream; returns the response and its frames."""
+        response = await self.post_file(endpoint, data, **kwargs)
+        if not response.streaming:
+            return response, []
+        body = b"".join([chunk async for chunk in response.streaming_content])
+        return response, parse_ndjson(body)
+
+    async def get(self, path: str) -> Any:
+        return await self.client.get(path, headers=self.headers())
+
+
+def parse_ndjson(body: bytes) -> list[dict[str, Any]]:
+    assert body.endswith(b"\n"), "an NDJSON stream ends with a newline"
+    return [json.loads(line) for line in body.decode("utf-8").splitlines()]
+
+
+@pytest.fixture
+def api(alice_token: str) -> Api:
+    return Api(alice_token)
+
+
+@pytest.fixture
+def bob_api(bob_token: str) -> Api:
+    return Api(bob_token)
+
+
+def frames_of(frames: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [frame for frame in frames if frame["type"] == kind]
+
+
+def page_text(frames: list[dict[str, Any]], page: int) -> str:
+    return "".join(frame["delta"] for frame in frames if frame["type"] == "page_delta" and frame["page"] == page)
+
+
+def image_text(frames: list[dict[str, Any]]) -> str:
+    return "".join(frame["delta"] for frame in frames if frame["type"] == "delta")

@@ -1,0 +1,60 @@
+"""The NDJSON frame contract (ARCHITECTURE.md) as one checker every stream test runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+IMAGE_USAGE_KEYS = {"prompt_tokens", "completion_tokens", "prompt_chars", "completion_chars", "input_bytes"}
+PAGE_USAGE_KEYS = {"prompt_tokens", "completion_tokens", "completion_chars"}
+JOB_STATUSES = {"done", "partial", "failed", "cancelled"}
+
+
+def assert_contract(frames: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """Check the invariants of a complete stream and return its ``end`` frame."""
+    assert frames, "empty stream"
+    start, end = frames[0], frames[-1]
+    assert start["type"] == "start" and start["kind"] == kind
+    assert end["type"] == "end", f"last frame is {end['type']}"
+    assert [f["type"] for f in frames].count("end") == 1
+    assert [f["type"] for f in frames].count("start") == 1
+    assert end["status"] in JOB_STATUSES
+    assert end["job_id"] == start["job_id"]
+    errors = [i for i, f in enumerate(frames) if f["type"] == "error"]
+    if end["status"] == "failed":
+        assert errors == [len(frames) - 2], "a failed job sends one error frame right before end"
+        assert set(frames[-2]["error"]) >= {"code", "message"}
+    else:
+        assert errors == []
+    if kind == "image":
+        assert set(end["usage"]) >= IMAGE_USAGE_KEYS
+        allowed = {"start", "delta", "error", "end"}
+        assert {f["type"] for f in frames} <= allowed
+        for frame in frames:
+            if frame["type"] == "delta":
+                assert isinstance(frame["delta"], str)
+        return end
+    pages = start["pages"]
+    assert isinstance(pages, int) and pages >= 1
+    assert IMAGE_USAGE_KEYS | {"pages"} <= set(end["usage"])
+    assert end["usage"]["pages"] == pages
+    started: set[int] = set()
+    ended: set[int] = set()
+    for frame in frames[1:-1]:
+        kind_ = frame["type"]
+        if kind_ == "page_start":
+            assert frame["page"] not in started, "page started twice"
+            assert 1 <= frame["page"] <= pages
+            started.add(frame["page"])
+        elif kind_ == "page_delta":
+            assert frame["page"] in started and frame["page"] not in ended, "delta outside its page"
+            assert isinstance(frame["delta"], str)
+        elif kind_ == "page_end":
+            assert frame["page"] in started and frame["page"] not in ended, "page ended twice or never started"
+            ended.add(frame["page"])
+            assert set(frame["usage"]) >= PAGE_USAGE_KEYS
+            if frame["status"] == "failed":
+                assert set(frame["error"]) >= {"code", "message"}
+        else:
+            assert kind_ == "error", f"unexpected frame {kind_}"
+    assert started == ended, "every page_start gets exactly one page_end"
+    return end
