@@ -33,6 +33,7 @@ class JobStatus(models.TextChoices):
 
 
 class PageStatus(models.TextChoices):
+    RUNNING = "running", _("Running")
     DONE = "done", _("Done")
     TRUNCATED = "truncated", _("Cut off")
     FAILED = "failed", _("Failed")
@@ -95,6 +96,11 @@ class OcrJob(UsageFields):
     worker = models.CharField(
         _("worker"), max_length=128, blank=True, help_text=_("The server process that ran the job.")
     )
+    live_seq = models.PositiveBigIntegerField(
+        _("stored up to event"),
+        default=0,
+        help_text=_("Live browser jobs: the stored pages reflect every event up to this sequence number."),
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -122,6 +128,11 @@ class OcrPage(UsageFields):
     number = models.PositiveIntegerField(_("page"))
     status = models.CharField(_("status"), max_length=16, choices=PageStatus.choices)
     text = models.TextField(_("text"), blank=True)
+    text_seq = models.PositiveBigIntegerField(
+        _("text up to event"),
+        default=0,
+        help_text=_("For a running page: the text is complete up to this event sequence number."),
+    )
     finish_reason = models.CharField(_("finish reason"), max_length=16, blank=True)
     error_code = models.CharField(_("error code"), max_length=64, blank=True)
     error_message = models.TextField(_("error"), blank=True)
