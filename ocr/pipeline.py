@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 END = "end"
+# Longest time text waits to be sent with the text after it; far below what a reader notices.
+FLUSH_INTERVAL = 0.04
 
 
 class JobRun:
@@ -70,16 +72,28 @@ class JobRun:
 
     # --- consumer side ------------------------------------------------------------------------------------
 
-    async def batches(self) -> AsyncIterator[list[Event]]:
-        """Yield the events that are ready, in order, as lists; the last list ends with the ``end`` event."""
+    async def batches(self, *, min_interval: float = FLUSH_INTERVAL) -> AsyncIterator[list[Event]]:
+        """Yield the events that are ready, in order, as lists; the last list ends with the ``end`` event.
+
+        Text that arrives less than ``min_interval`` after the previous batch waits for the rest of that
+        interval, so a stream of tokens becomes a few chunks a second instead of one per token; the first
+        text of a quiet stream and every other event go out at once.
+        """
         self.started = True
         runner = asyncio.create_task(self._run(), name=f"ocr-job-{self.job.pk}")
         queue = self._queue
+        loop = asyncio.get_running_loop()
+        last_yield = 0.0
         try:
             while True:
                 batch = [await queue.get()]
+                if batch[0]["type"] == "page_delta":
+                    wait = last_yield + min_interval - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 while not queue.empty():
                     batch.append(queue.get_nowait())
+                last_yield = loop.time()
                 yield batch
                 if batch[-1]["type"] == END:
                     return

@@ -16,6 +16,7 @@ import logging
 import weakref
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 import orjson
@@ -33,6 +34,79 @@ from ocr.errors import (
 logger = logging.getLogger(__name__)
 
 RETRY_DELAYS = (0.25, 1.0)  # before the first token only: the request never reached the GPU
+READ_INTERVAL = 0.02  # seconds between reads of a busy stream
+
+
+class SseStream:
+    """Parses vLLM's ``text/event-stream`` bytes: ``data: {json}`` events, ending with ``data: [DONE]``.
+
+    The content of all events in one read is handed to ``on_delta`` as one piece.
+    """
+
+    def __init__(self, on_delta: DeltaCallback) -> None:
+        self.on_delta = on_delta
+        self.buffer = b""
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.content_chunks = 0
+        self.got_first = False
+        self.done = False
+
+    def feed(self, data: bytes) -> bool:
+        """Consume received bytes; ``True`` once ``[DONE]`` arrived."""
+        buffer = self.buffer + data
+        if b"\n" not in data:
+            self.buffer = buffer
+            return False
+        *lines, self.buffer = buffer.split(b"\n")
+        pieces: list[str] = []
+        try:
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue  # blank separators, comments
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    self.done = True
+                    break
+                self._event(orjson.loads(payload), pieces)
+        except orjson.JSONDecodeError:
+            raise EngineError("The engine sent a malformed stream.", code=ENGINE_ERROR) from None
+        finally:
+            if pieces:
+                self.got_first = True
+                self.on_delta("".join(pieces))
+        return self.done
+
+    def _event(self, chunk: dict[str, Any], pieces: list[str]) -> None:
+        error = chunk.get("error")
+        if error is not None:
+            raise EngineError(_stream_error_message(error), code=ENGINE_ERROR)
+        choices = chunk.get("choices")
+        if choices:
+            choice = choices[0]
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                self.content_chunks += 1
+                pieces.append(content)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+
+    def completion(self) -> Completion:
+        """How the page ended; raises ``EngineError`` for a stream that broke off or ended abnormally."""
+        if not self.done or self.finish_reason is None:
+            raise EngineError("The engine closed the stream before finishing the page.", code=ENGINE_ERROR)
+        if self.finish_reason not in ("stop", "length"):
+            raise EngineError(f"The engine ended the page with '{self.finish_reason}'.", code=ENGINE_ERROR)
+        if self.usage is not None:
+            return Completion(
+                finish_reason=self.finish_reason,
+                prompt_tokens=int(self.usage.get("prompt_tokens") or 0),
+                completion_tokens=int(self.usage.get("completion_tokens") or 0),
+            )
+        # A server that ignores stream_options: every content chunk carries at least one token.
+        return Completion(finish_reason=self.finish_reason, completion_tokens=self.content_chunks, estimated=True)
 
 
 class VllmEngine(Engine):
@@ -53,10 +127,11 @@ class VllmEngine(Engine):
         client = self._clients.get(loop)
         if client is None:
             config = self.config
-            http_client = openai.DefaultAsyncHttpxClient(
+            # aiohttp's transport costs about a third of the CPU per streamed chunk of httpx's own.
+            http_client = openai.DefaultAioHttpClient(
                 # Our own deadlines below govern the first token, the gaps and the total; httpx only bounds
                 # connecting and acts as a backstop.
-                timeout=httpx2.Timeout(config.total_timeout + 5, connect=config.connect_timeout),
+                timeout=httpx2.Timeout(None, connect=config.connect_timeout),
                 limits=httpx2.Limits(
                     max_connections=self.concurrency + 8, max_keepalive_connections=self.concurrency + 8
                 ),
@@ -108,12 +183,7 @@ class VllmEngine(Engine):
         total_deadline = started + config.total_timeout
         body = self.request_body(page, prompt)
         create = self.client().chat.completions.with_streaming_response.create
-
-        finish_reason: str | None = None
-        usage: dict[str, Any] | None = None
-        content_chunks = 0
-        got_first = False
-        saw_done = False
+        stream = SseStream(on_delta)
         attempt = 0
         unavailable: openai.APIError | None = None
         idle = config.idle_timeout
@@ -123,51 +193,45 @@ class VllmEngine(Engine):
                 while True:
                     try:
                         async with create(**body) as response:
-                            rescheduled_at = loop.time()
-                            async for line in response.iter_lines():
-                                if not line.startswith("data:"):
-                                    continue  # blank separators, comments
-                                payload = line[5:].strip()
-                                if payload == "[DONE]":
-                                    saw_done = True
+                            socket_transport = _socket_transport(response.http_response)
+                            rescheduled_at = read_at = loop.time()
+                            async for data in response.http_response.aiter_raw():
+                                if stream.feed(data):
                                     break
-                                chunk = orjson.loads(payload)
-                                error = chunk.get("error")
-                                if error is not None:
-                                    raise EngineError(_stream_error_message(error), code=ENGINE_ERROR)
-                                choices = chunk.get("choices")
-                                if choices:
-                                    choice = choices[0]
-                                    content = (choice.get("delta") or {}).get("content")
-                                    if content:
-                                        content_chunks += 1
-                                        got_first = True
-                                        on_delta(content)
-                                    if choice.get("finish_reason"):
-                                        finish_reason = choice["finish_reason"]
-                                if chunk.get("usage"):
-                                    usage = chunk["usage"]
-                                if got_first:
-                                    now = loop.time()
-                                    # Moving the deadline costs a timer; do it only when it has drifted a bit.
-                                    if now - rescheduled_at > slack:
-                                        deadline.reschedule(min(total_deadline, now + idle))
-                                        rescheduled_at = now
+                                if not stream.got_first:
+                                    continue
+                                now = loop.time()
+                                # Moving the deadline costs a timer; do it only when it has drifted a bit.
+                                if now - rescheduled_at > slack:
+                                    deadline.reschedule(min(total_deadline, now + idle))
+                                    rescheduled_at = now
+                                # Let tokens pile up in the socket buffer for a moment: one read of several
+                                # tokens costs little more than a read of one.
+                                pause = READ_INTERVAL - (now - read_at)
+                                if pause > 0:
+                                    if socket_transport is not None:
+                                        socket_transport.pause_reading()
+                                    try:
+                                        await asyncio.sleep(pause)
+                                    finally:
+                                        if socket_transport is not None and not socket_transport.is_closing():
+                                            socket_transport.resume_reading()
+                                read_at = loop.time()
                         break
                     except (openai.APIConnectionError, openai.InternalServerError) as exc:
                         retryable = isinstance(exc, openai.APIConnectionError) or exc.status_code == 503
-                        if got_first or not retryable or attempt >= len(RETRY_DELAYS):
+                        if stream.got_first or not retryable or attempt >= len(RETRY_DELAYS):
                             raise
                         logger.info("engine not reachable (%s); retrying", exc)
                         unavailable = exc
                         await asyncio.sleep(RETRY_DELAYS[attempt])
                         attempt += 1
         except TimeoutError:
-            if unavailable is not None and not got_first:
+            if unavailable is not None and not stream.got_first:
                 # The deadline ran out while waiting to retry: the engine's refusal is the real story.
                 raise _engine_error(unavailable) from None
             elapsed = loop.time() - started
-            if not got_first:
+            if not stream.got_first:
                 message = f"The engine sent no text within {elapsed:.0f} s."
             elif loop.time() >= total_deadline:
                 message = f"The engine did not finish the page within {config.total_timeout:g} s."
@@ -178,21 +242,7 @@ class VllmEngine(Engine):
             raise _engine_error(exc) from None
         except (httpx2.HTTPError, OSError) as exc:
             raise EngineError(f"The connection to the engine broke: {_cause(exc)}", code=ENGINE_ERROR) from None
-        except orjson.JSONDecodeError:
-            raise EngineError("The engine sent a malformed stream.", code=ENGINE_ERROR) from None
-
-        if not saw_done or finish_reason is None:
-            raise EngineError("The engine closed the stream before finishing the page.", code=ENGINE_ERROR)
-        if finish_reason not in ("stop", "length"):
-            raise EngineError(f"The engine ended the page with '{finish_reason}'.", code=ENGINE_ERROR)
-        if usage is not None:
-            return Completion(
-                finish_reason=finish_reason,
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-            )
-        # A server that ignores stream_options: every content chunk carries at least one token.
-        return Completion(finish_reason=finish_reason, completion_tokens=content_chunks, estimated=True)
+        return stream.completion()
 
     async def warm_up(self) -> None:
         """Open a connection and check the model is served; problems are logged, not raised."""
@@ -212,7 +262,8 @@ class VllmEngine(Engine):
 
 
 def _engine_error(exc: openai.APIError) -> EngineError:
-    if isinstance(exc, openai.APITimeoutError):
+    # aiohttp's "connection refused" reaches us mapped to a connect *timeout*: look at the real cause.
+    if isinstance(exc, openai.APITimeoutError) and not _caused_by(exc, aiohttp.ClientConnectorError):
         return EngineError("Connecting to the engine timed out.", code=ENGINE_TIMEOUT)
     if isinstance(exc, openai.APIConnectionError):
         return EngineError(f"The engine is not reachable: {_cause(exc)}", code=ENGINE_UNAVAILABLE)
@@ -239,6 +290,23 @@ def _stream_error_message(error: Any) -> str:
     if isinstance(error, dict):
         return f"The engine failed while streaming: {error.get('message') or error.get('type') or 'unknown error'}"
     return f"The engine failed while streaming: {error}"
+
+
+def _socket_transport(http_response: httpx2.Response) -> asyncio.ReadTransport | None:
+    stream = http_response.stream
+    stream = getattr(stream, "_stream", stream)
+    aiohttp_response = getattr(stream, "_aiohttp_response", None)
+    connection = getattr(aiohttp_response, "connection", None)
+    return getattr(connection, "transport", None)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _cause(exc: BaseException) -> str:
