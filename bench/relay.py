@@ -96,8 +96,15 @@ def engine_request(image: bytes) -> bytes:
     return json.dumps(
         {
             "model": "deepseek-ai/DeepSeek-OCR",
-            "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Free OCR."}]}],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "text", "text": "Free OCR."},
+                    ],
+                }
+            ],
             "temperature": 0.0,
             "max_tokens": 4096,
             "stream": True,
@@ -122,16 +129,27 @@ def run(concurrencies: list[int], per_client: int) -> list[tuple[Run, Run]]:
             body = engine_request(image)
 
             async def direct() -> StreamResult:
-                result = await stream_request(engine_port, "/v1/chat/completions", body=body,
-                                              content_type="application/json", delta_marker=b'"content":"')
+                result = await stream_request(
+                    engine_port,
+                    "/v1/chat/completions",
+                    body=body,
+                    content_type="application/json",
+                    delta_marker=b'"content":"',
+                )
                 if result.status == 200 and result.deltas:
                     result.end = {"type": "end"}  # the baseline's stream ends with [DONE], not an end frame
                     result.error = None
                 return result
 
             async def relayed() -> StreamResult:
-                return await stream_request(app.port, "/api/ocr/image", body=form, content_type=content_type,
-                                            headers=headers, delta_marker=b'"delta"')
+                return await stream_request(
+                    app.port,
+                    "/api/ocr/image",
+                    body=form,
+                    content_type=content_type,
+                    headers=headers,
+                    delta_marker=b'"delta"',
+                )
 
             asyncio.run(load(app.process.pid, 10, 10, relayed))  # warm both paths
             for concurrency in concurrencies:
