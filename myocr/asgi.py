@@ -6,10 +6,14 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "myocr.settings")
 
-from django.core.asgi import get_asgi_application
+import django
 
 # Populates the app registry; must run before anything imports models.
-django_application = get_asgi_application()
+django.setup(set_prefix=False)
+
+from myocr.handler import PooledThreadsASGIHandler  # noqa: E402
+
+django_application = PooledThreadsASGIHandler()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402

@@ -58,15 +58,16 @@ INSTALLED_APPS = [
     "ocr",
 ]
 
+# Django's standard stack, as subclasses that run their hooks inline under ASGI (see myocr/middleware.py).
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.locale.LocaleMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "myocr.middleware.SecurityMiddleware",
+    "myocr.middleware.SessionMiddleware",
+    "myocr.middleware.LocaleMiddleware",
+    "myocr.middleware.CommonMiddleware",
+    "myocr.middleware.CsrfViewMiddleware",
+    "myocr.middleware.AuthenticationMiddleware",
+    "myocr.middleware.MessageMiddleware",
+    "myocr.middleware.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
