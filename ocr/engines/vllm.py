@@ -158,17 +158,21 @@ class VllmEngine(Engine):
             if self.config.ngram_whitelist:
                 xargs["whitelist_token_ids"] = list(self.config.ngram_whitelist)
             extra_body["vllm_xargs"] = xargs
+        extra_body["messages"] = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image_url}},
+                    {"type": "text", "text": prompt},
+                ],
+            }
+        ]
         return {
             "model": self.model,
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "image_url", "image_url": {"url": image_url}},
-                        {"type": "text", "text": prompt},
-                    ],
-                }
-            ],
+            # The messages travel in extra_body: the package would otherwise walk the whole nested structure,
+            # data URL included, to coerce it to its typed parameters (about 0.5 ms per page). extra_body keys
+            # replace the typed ones in the JSON sent.
+            "messages": [],
             "temperature": 0.0,
             "max_tokens": self.config.max_tokens,
             "stream": True,
