@@ -241,3 +241,18 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 # --- Web pages (issue 3) ------------------------------------------------------------------------------------
 
 # --- Metrics and monitoring (issue 4) -----------------------------------------------------------------------
+
+# django-prometheus' middlewares are not used: they cost two thread hops per request under ASGI and stop timing a
+# stream when the view returns. ``HttpMetricsMiddleware`` goes first so that it times everything after it.
+MIDDLEWARE.insert(0, "myocr.metrics.HttpMetricsMiddleware")
+#: Bearer token Prometheus must send to read /metrics (empty: no token needed).
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+#: Client addresses or networks allowed to read /metrics, e.g. "127.0.0.1,10.0.0.0/8" (empty: any).
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", [])
+try:
+    import ipaddress
+
+    for _network in METRICS_ALLOWED_IPS:
+        ipaddress.ip_network(_network, strict=False)
+except ValueError as _error:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {_error}") from None

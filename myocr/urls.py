@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from accounts import api as accounts_api
+from myocr.metrics import metrics_view
 from ocr import api as ocr_api
 from ocr.views import healthz
 
@@ -17,6 +18,8 @@ api_patterns = [
 ]
 
 urlpatterns = [
+    path("metrics", metrics_view, name="metrics"),
+    path("api/metrics", metrics_view, name="api-metrics"),
     path("api/", include((api_patterns, "api"))),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),

@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from myocr.http import ApiError, api_endpoint
-from ocr import engines, intake
+from ocr import engines, intake, metrics
 from ocr.config import ocr_config
 from ocr.errors import IntakeError
 from ocr.models import JobSource
@@ -69,6 +69,14 @@ def clean_prompt(raw: str | None) -> str:
 
 
 async def start_ocr(request: HttpRequest, *, kind: str) -> HttpResponse:
+    try:
+        return await _start_job(request, kind=kind)
+    except ApiError as error:
+        metrics.request_rejected(kind=kind, code=error.code)
+        raise
+
+
+async def _start_job(request: HttpRequest, *, kind: str) -> HttpResponse:
     config = ocr_config()
     upload, raw_prompt = await read_upload(request)
     prompt = clean_prompt(raw_prompt)

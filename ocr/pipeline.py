@@ -26,7 +26,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from ocr import errors
+from ocr import errors, metrics
 from ocr.engines.base import Completion, Engine
 from ocr.errors import EngineError
 from ocr.intake import Document
@@ -133,6 +133,7 @@ class JobRun:
                 "model": self.engine.model,
             }
         )
+        metrics.job_started(kind=job.kind, input_bytes=job.input_bytes, engine_slots=self.engine.concurrency)
         numbers = iter(range(1, document.page_count + 1))
 
         async def worker() -> None:
@@ -179,7 +180,7 @@ class JobRun:
                 if self._first_delta_ms is None:
                     self._first_delta_ms = int((time.monotonic() - self._started) * 1000)
 
-        async with engine.slots():
+        async with metrics.EngineSlot(engine.slots()):
             outcome.started_at = timezone.now()
             self._in_flight[number] = outcome
             emit({"type": "page_start", "page": number})
@@ -210,6 +211,7 @@ class JobRun:
             outcome.finished_at = timezone.now()
             del self._in_flight[number]
             self.totals.add(outcome, len(self.prompt))
+            metrics.page_finished(outcome, deltas=len(parts))
             if outcome.error_code and self._first_error is None:
                 self._first_error = {"code": outcome.error_code, "message": outcome.error_message}
         await page_record(job_id=self.job.pk, outcome=outcome)
@@ -242,6 +244,7 @@ class JobRun:
         for outcome in unrecorded:
             outcome.finished_at = timezone.now()
             self.totals.add(outcome, len(self.prompt))
+            metrics.page_finished(outcome, deltas=0)
         self._in_flight.clear()
         error = None if status == JobStatus.DONE else self._first_error
         if status == JobStatus.CANCELLED:
@@ -249,7 +252,10 @@ class JobRun:
         elif status == JobStatus.FAILED and error is None:
             error = {"code": "internal_error", "message": "The job failed."}
         self.error = error
-        duration_ms = int((time.monotonic() - self._started) * 1000)
+        elapsed = time.monotonic() - self._started
+        duration_ms = int(elapsed * 1000)
+        first_text = None if self._first_delta_ms is None else self._first_delta_ms / 1000
+        metrics.job_finished(kind=self.job.kind, status=status, seconds=elapsed, first_text_seconds=first_text)
         try:
             # Shielded: a client that leaves must not stop the ledger from being written.
             await asyncio.shield(

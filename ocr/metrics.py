@@ -1,0 +1,195 @@
+"""Prometheus metrics of OCR jobs, fed by the pipeline at a few points of a job's life.
+
+The pipeline calls these functions at job start and end and at each page's end; nothing here runs per text
+delta (deltas and characters are counted per page, at its end), so a token stream costs no metric work.
+
+Metric names and labels keep those of the original My OCR (``ocr_requests_total{kind}``,
+``ocr_processing_seconds{kind}``, ``ocr_in_progress{kind}``, ``ocr_input_bytes_total{kind}``,
+``image_requests_total``, ``pdf_requests_total``, ``prompt_tokens_total``, ``completion_tokens_total``,
+``tokens_total``) and add what the original could not show: per-page time and status, engine errors by code,
+``finish_reason`` counts, queue and in-flight gauges, time to first text. Every label has a small, fixed set of
+values: never a user, a file name or a job id.
+
+The usage counters are incremented from the same page outcomes, at the same moments, as the job totals the
+ledger stores, so ``sum(increase(completion_tokens_total))`` matches the sum of ``OcrJob.completion_tokens``.
+
+Under several server processes, prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``) sums the
+counters and histograms; each gauge below names how its per-process values combine.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ocr.services import PageOutcome
+
+KINDS = ("image", "pdf")
+PAGE_STATUSES = ("done", "truncated", "failed", "cancelled")
+JOB_STATUSES = ("done", "partial", "failed", "cancelled")
+FINISH_REASONS = ("stop", "length")
+ERROR_CODES = (
+    "engine_unavailable",
+    "engine_timeout",
+    "engine_bad_request",
+    "engine_error",
+    "engine_cut_off",
+    "render_failed",
+    "internal_error",
+)
+OTHER = "other"
+
+# A job runs from a fraction of a second (one image on vLLM) to an hour (a long PDF on the CPU engine).
+JOB_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+PAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 900)
+FIRST_TEXT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 180)
+QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+# --- the original's metrics -------------------------------------------------------------------------------
+
+OCR_REQUESTS = Counter("ocr_requests", "OCR jobs started, by kind.", ["kind"])
+OCR_PROCESSING = Histogram(
+    "ocr_processing_seconds",
+    "Time from a job's start to its last frame (the whole stream), by kind.",
+    ["kind"],
+    buckets=JOB_BUCKETS,
+)
+OCR_IN_PROGRESS = Gauge("ocr_in_progress", "OCR jobs running now, by kind.", ["kind"], multiprocess_mode="livesum")
+OCR_INPUT_BYTES = Counter("ocr_input_bytes", "Bytes of uploaded files that started a job, by kind.", ["kind"])
+IMAGE_REQUESTS = Counter("image_requests", "Image OCR jobs started (same as ocr_requests_total{kind='image'}).")
+PDF_REQUESTS = Counter("pdf_requests", "PDF OCR jobs started (same as ocr_requests_total{kind='pdf'}).")
+PROMPT_TOKENS = Counter("prompt_tokens", "Prompt tokens spent, as recorded in the usage ledger.")
+COMPLETION_TOKENS = Counter("completion_tokens", "Completion tokens spent, as recorded in the usage ledger.")
+TOKENS = Counter("tokens", "Prompt plus completion tokens, as recorded in the usage ledger.")
+
+# --- what the original could not show ---------------------------------------------------------------------
+
+OCR_JOBS = Counter("ocr_jobs", "OCR jobs finished, by kind and final status.", ["kind", "status"])
+OCR_FIRST_TEXT = Histogram(
+    "ocr_time_to_first_text_seconds",
+    "Time from a job's start to its first recognised text, by kind.",
+    ["kind"],
+    buckets=FIRST_TEXT_BUCKETS,
+)
+OCR_PAGES = Counter("ocr_pages", "Pages processed, by final status (done, truncated, failed, cancelled).", ["status"])
+OCR_PAGE_SECONDS = Histogram(
+    "ocr_page_processing_seconds",
+    "Time one page spent with the engine (rendering and recognition), by final status.",
+    ["status"],
+    buckets=PAGE_BUCKETS,
+)
+OCR_PAGE_QUEUE = Histogram(
+    "ocr_page_queue_seconds",
+    "Time a page waited for one of the process's engine slots.",
+    buckets=QUEUE_BUCKETS,
+)
+OCR_ENGINE_ERRORS = Counter("ocr_engine_errors", "Pages that ended with an error, by error code.", ["code"])
+OCR_FINISH_REASONS = Counter(
+    "ocr_finish_reasons",
+    "Pages by the engine's finish_reason ('length': cut off by the token limit, often a repetition loop).",
+    ["finish_reason"],
+)
+OCR_PAGES_WAITING = Gauge("ocr_pages_waiting", "Pages waiting for an engine slot now.", multiprocess_mode="livesum")
+OCR_PAGES_IN_FLIGHT = Gauge("ocr_pages_in_flight", "Pages holding an engine slot now.", multiprocess_mode="livesum")
+OCR_ENGINE_SLOTS = Gauge(
+    "ocr_engine_slots", "Pages the server processes may have in flight at once.", multiprocess_mode="livesum"
+)
+OCR_COMPLETION_CHARS = Counter("ocr_completion_chars", "Characters of recognised text, as in the usage ledger.")
+OCR_DELTAS = Counter("ocr_stream_deltas", "Text deltas the engine streamed (one per engine chunk).")
+OCR_REJECTED = Counter(
+    "ocr_requests_rejected",
+    "OCR requests refused before a job started (validation, limits, engine not configured), by kind and code.",
+    ["kind", "code"],
+)
+
+# Children bound once: ``labels()`` validates and hashes its arguments on every call.
+_requests = {kind: OCR_REQUESTS.labels(kind) for kind in KINDS}
+_processing = {kind: OCR_PROCESSING.labels(kind) for kind in KINDS}
+_in_progress = {kind: OCR_IN_PROGRESS.labels(kind) for kind in KINDS}
+_input_bytes = {kind: OCR_INPUT_BYTES.labels(kind) for kind in KINDS}
+_first_text = {kind: OCR_FIRST_TEXT.labels(kind) for kind in KINDS}
+_legacy = {"image": IMAGE_REQUESTS, "pdf": PDF_REQUESTS}
+_page_seconds = {status: OCR_PAGE_SECONDS.labels(status) for status in PAGE_STATUSES}
+_pages = {status: OCR_PAGES.labels(status) for status in PAGE_STATUSES}
+
+
+def _known(value: str, allowed: tuple[str, ...]) -> str:
+    return value if value in allowed else OTHER
+
+
+def job_started(*, kind: str, input_bytes: int, engine_slots: int) -> None:
+    """A job started streaming. ``kind`` is a job kind (``image`` or ``pdf``)."""
+    _requests[kind].inc()
+    _legacy[kind].inc()
+    _input_bytes[kind].inc(input_bytes)
+    _in_progress[kind].inc()
+    OCR_ENGINE_SLOTS.set(engine_slots)
+
+
+def job_finished(*, kind: str, status: str, seconds: float, first_text_seconds: float | None) -> None:
+    """A job ended (any status); called exactly once per ``job_started``."""
+    _in_progress[kind].dec()
+    _processing[kind].observe(seconds)
+    OCR_JOBS.labels(kind, _known(status, JOB_STATUSES)).inc()
+    if first_text_seconds is not None:
+        _first_text[kind].observe(first_text_seconds)
+
+
+def page_finished(outcome: PageOutcome, *, deltas: int) -> None:
+    """A page ended and its usage joined the job's totals (the figures the ledger records)."""
+    status = _known(outcome.status, PAGE_STATUSES)
+    _pages[status].inc()
+    duration_ms = outcome.duration_ms
+    if duration_ms is not None:
+        _page_seconds[status].observe(duration_ms / 1000)
+    if outcome.finish_reason:
+        OCR_FINISH_REASONS.labels(_known(outcome.finish_reason, FINISH_REASONS)).inc()
+    if outcome.error_code and outcome.error_code != "cancelled":
+        OCR_ENGINE_ERRORS.labels(_known(outcome.error_code, ERROR_CODES)).inc()
+    prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+    if prompt:
+        PROMPT_TOKENS.inc(prompt)
+    if completion:
+        COMPLETION_TOKENS.inc(completion)
+    if prompt or completion:
+        TOKENS.inc(prompt + completion)
+    chars = outcome.completion_chars
+    if chars:
+        OCR_COMPLETION_CHARS.inc(chars)
+    if deltas:
+        OCR_DELTAS.inc(deltas)
+
+
+def request_rejected(*, kind: str, code: str) -> None:
+    # Codes come from the fixed set of intake and API errors, so they are safe as a label.
+    OCR_REJECTED.labels(_known(kind, KINDS), code).inc()
+
+
+class EngineSlot:
+    """``async with EngineSlot(engine.slots()):`` holds an engine slot and keeps the queue gauges right,
+    whether the page finishes, fails or is cancelled while it waits."""
+
+    __slots__ = ("_queued_at", "_semaphore")
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._queued_at = 0.0
+
+    async def __aenter__(self) -> None:
+        OCR_PAGES_WAITING.inc()
+        self._queued_at = time.perf_counter()
+        try:
+            await self._semaphore.acquire()
+        finally:
+            OCR_PAGES_WAITING.dec()
+        OCR_PAGE_QUEUE.observe(time.perf_counter() - self._queued_at)
+        OCR_PAGES_IN_FLIGHT.inc()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        OCR_PAGES_IN_FLIGHT.dec()
+        self._semaphore.release()
