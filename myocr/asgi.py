@@ -29,7 +29,9 @@ if settings.DEBUG:
     http_application = ASGIStaticFilesHandler(http_application)
 
 http_application = UploadLimitMiddleware(
-    http_application, paths=("/api/ocr/",), max_bytes=lambda: ocr_config().max_upload_bytes
+    http_application,
+    paths=("/api/ocr/", "/jobs/new", "/jobs/preview"),
+    max_bytes=lambda: ocr_config().max_upload_bytes,
 )
 
 application = ProtocolTypeRouter({"http": http_application})

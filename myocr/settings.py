@@ -240,6 +240,19 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # --- Web pages (issue 3) ------------------------------------------------------------------------------------
 
+#: Live browser jobs store the partial text of running pages this often (a reconnecting browser starts there).
+OCR_LIVE_FLUSH_SECONDS = env_float("OCR_LIVE_FLUSH_SECONDS", 1.0, minimum=0.05)
+#: A live job publishes its events at most this often (one message per interval instead of one per token).
+OCR_LIVE_PUBLISH_SECONDS = env_float("OCR_LIVE_PUBLISH_SECONDS", 0.05, minimum=0.0)
+#: An open job page re-reads the job this often when no event arrives (and sends an SSE keep-alive).
+OCR_LIVE_POLL_SECONDS = env_float("OCR_LIVE_POLL_SECONDS", 10.0, minimum=0.1)
+# A follower that falls behind loses messages beyond the capacity and then catches up from the database.
+CHANNEL_LAYERS["default"].setdefault("CONFIG", {})["capacity"] = 1000
+if not DEBUG:
+    # WhiteNoise serves collected static files, with async responses under ASGI (see myocr/staticfiles.py).
+    _security = next(i for i, name in enumerate(MIDDLEWARE) if name.endswith(".SecurityMiddleware"))
+    MIDDLEWARE.insert(_security + 1, "myocr.staticfiles.AsyncWhiteNoiseMiddleware")
+
 # --- Metrics and monitoring (issue 4) -----------------------------------------------------------------------
 
 # django-prometheus' middlewares are not used: they cost two thread hops per request under ASGI and stop timing a

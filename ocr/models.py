@@ -96,6 +96,12 @@ class OcrJob(UsageFields):
     worker = models.CharField(
         _("worker"), max_length=128, blank=True, help_text=_("The server process that ran the job.")
     )
+    deleted_at = models.DateTimeField(
+        _("deleted"),
+        null=True,
+        blank=True,
+        help_text=_("Removed from the owner's history: text and file are gone, the usage stays in the ledger."),
+    )
     live_seq = models.PositiveBigIntegerField(
         _("stored up to event"),
         default=0,

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
 
-from ocr.models import OcrJob
+from ocr.models import OcrJob, OcrPage
 
 USAGE_FIELDS = ("input_bytes", "prompt_tokens", "completion_tokens", "prompt_chars", "completion_chars")
 
 
 def jobs_for_owner(*, owner: AbstractBaseUser) -> QuerySet[OcrJob]:
+    """All of the owner's jobs, deleted ones included: the usage ledger."""
     return OcrJob.objects.filter(owner=owner)
+
+
+def visible_jobs_for_owner(*, owner: AbstractBaseUser) -> QuerySet[OcrJob]:
+    """The owner's history: jobs they have not deleted."""
+    return OcrJob.objects.filter(owner=owner, deleted_at__isnull=True)
 
 
 async def ajob_for_owner(*, owner: AbstractBaseUser, job_id: str | uuid.UUID) -> OcrJob | None:
@@ -23,7 +33,7 @@ async def ajob_for_owner(*, owner: AbstractBaseUser, job_id: str | uuid.UUID) ->
         key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
     except ValueError:
         return None
-    return await jobs_for_owner(owner=owner).filter(pk=key).afirst()
+    return await visible_jobs_for_owner(owner=owner).filter(pk=key).afirst()
 
 
 def job_as_dict(job: OcrJob, *, pages: list | None = None) -> dict[str, Any]:
@@ -122,3 +132,77 @@ async def ausage_summary(*, owner: AbstractBaseUser) -> dict[str, Any]:
     )
     totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
     return totals
+
+
+def usage_totals(jobs: QuerySet[OcrJob]) -> dict[str, int]:
+    """Totals over ``jobs``: jobs, pages, tokens, characters, bytes, failed jobs."""
+    sums = {name: Sum(name, default=0) for name in USAGE_FIELDS}
+    totals = jobs.aggregate(
+        jobs=Count("pk"),
+        pages=Sum("page_count", default=0),
+        pages_done=Sum("pages_done", default=0),
+        failed=Count("pk", filter=Q(status="failed")),
+        **sums,
+    )
+    totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
+    return totals
+
+
+@dataclass(frozen=True, slots=True)
+class DayUsage:
+    day: date
+    jobs: int
+    pages: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def usage_by_day(*, owner: AbstractBaseUser, days: int = 30) -> list[DayUsage]:
+    """The owner's usage for each of the last ``days`` days (today included, in the current time zone), oldest
+    first; days without jobs are present with zeros. Deleted jobs count: their usage was spent."""
+    today = timezone.localdate()
+    first = today - timedelta(days=days - 1)
+    start = timezone.make_aware(datetime.combine(first, time.min))
+    rows = (
+        jobs_for_owner(owner=owner)
+        .filter(created_at__gte=start)
+        .annotate(day=TruncDate("created_at", tzinfo=timezone.get_current_timezone()))
+        .values("day")
+        .annotate(
+            jobs=Count("pk"),
+            pages=Sum("page_count", default=0),
+            prompt_tokens=Sum("prompt_tokens", default=0),
+            completion_tokens=Sum("completion_tokens", default=0),
+        )
+    )
+    by_day = {row["day"]: row for row in rows}
+    series = []
+    for offset in range(days):
+        day = first + timedelta(days=offset)
+        row = by_day.get(day, {})
+        series.append(
+            DayUsage(
+                day=day,
+                jobs=row.get("jobs", 0),
+                pages=row.get("pages", 0),
+                prompt_tokens=row.get("prompt_tokens", 0),
+                completion_tokens=row.get("completion_tokens", 0),
+            )
+        )
+    return series
+
+
+def job_pages(job: OcrJob) -> list[OcrPage]:
+    """All pages of ``job`` for display: stored ones, and a ``queued`` stand-in for each page not started yet."""
+    stored = {page.number: page for page in job.pages.order_by("number")}
+    pages = []
+    for number in range(1, max(job.page_count, max(stored, default=0)) + 1):
+        page = stored.get(number)
+        if page is None:
+            page = OcrPage(job=job, number=number, status="")
+        pages.append(page)
+    return pages

@@ -184,3 +184,63 @@ def _abandon_job(*, job_id: object, error_code: str, error_message: str) -> None
 
 
 job_abandon = _abandon_job
+
+
+def _store_live_pages(*, job_id: object, seq: int, texts: dict[int, str]) -> None:
+    """Store the partial text of a live job's running pages, complete up to event ``seq``.
+
+    Only rows still ``running`` are written: the pipeline's own record of a finished page always wins, whichever
+    write comes first (a missing row is inserted with ``ignore_conflicts``; the update is conditional).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        if texts:
+            OcrPage.objects.bulk_create(
+                [OcrPage(job_id=job_id, number=number, status="running", started_at=now) for number in texts],
+                ignore_conflicts=True,
+            )
+            for number, text in texts.items():
+                OcrPage.objects.filter(job_id=job_id, number=number, status="running").update(
+                    text=text, text_seq=seq, completion_chars=len(text)
+                )
+        OcrJob.objects.filter(pk=job_id, live_seq__lt=seq).update(live_seq=seq)
+
+
+live_pages_store = sync_to_async(_store_live_pages)
+
+
+def _close_live_job(*, job_id: object, seq: int, status_if_running: str) -> str:
+    """Record a live job's last event ``seq``; if the pipeline did not close the job (it never started, or it
+    crashed), close it and its running pages with ``status_if_running``. Returns the job's final status."""
+    now = timezone.now()
+    if status_if_running == JobStatus.CANCELLED:
+        code, message = "cancelled", "The job was cancelled."
+    else:
+        code, message = "internal_error", "The job stopped unexpectedly."
+    with transaction.atomic():
+        OcrPage.objects.filter(job_id=job_id, status="running").update(
+            status="cancelled" if status_if_running == JobStatus.CANCELLED else "failed",
+            error_code=code,
+            error_message=message,
+            finished_at=now,
+        )
+        OcrJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+            status=status_if_running, finished_at=now, error_code=code, error_message=message
+        )
+        OcrJob.objects.filter(pk=job_id, live_seq__lt=seq).update(live_seq=seq)
+        return OcrJob.objects.filter(pk=job_id).values_list("status", flat=True).first() or status_if_running
+
+
+live_job_close = sync_to_async(_close_live_job)
+
+
+def job_delete(*, job: OcrJob) -> None:
+    """Remove a finished job from its owner's history: its pages (the text) and its uploaded file are deleted.
+
+    The job row stays, marked deleted, because it is the usage ledger that quotas and the admin console read.
+    """
+    with transaction.atomic():
+        OcrPage.objects.filter(job=job).delete()
+        OcrJob.objects.filter(pk=job.pk).update(deleted_at=timezone.now(), upload="")
+    if job.upload:
+        job.upload.storage.delete(job.upload.name)

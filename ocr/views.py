@@ -1,10 +1,57 @@
-"""Browser pages of the OCR app."""
+"""Browser pages of the OCR app: upload, the live job page, history, downloads, page images, usage.
+
+Thin views: they check access (``page_owner_required``; another user's job is a 404), validate with a form, call
+intake, the services, the live runner or the selectors, and render. Every page works as plain links and forms;
+htmx and the SSE stream only enhance it.
+"""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+import base64
+import io
+import json
+import uuid
+from contextlib import aclosing
+from dataclasses import replace
+from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotModified,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.middleware.csrf import get_token
+from django.shortcuts import redirect, render
+from django.utils import translation
+from django.utils.http import content_disposition_header
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_POST
+from PIL import Image
+
+from accounts.decorators import page_owner_required
+from ocr import engines, intake, selectors
 from ocr.config import ocr_config
+from ocr.errors import OcrError
+from ocr.forms import PRESETS, UploadForm
+from ocr.fragments import LiveRenderer, page_view, sse_event, usage_view
+from ocr.live import follow_job, request_cancel, start_live_job
+from ocr.models import JobSource, OcrJob
+from ocr.pipeline import JobRun
+from ocr.rendering import render_page
+from ocr.services import job_create, job_delete
+
+PAGE_SIZE = 20
+THUMBNAIL_PAGES = 4
+THUMBNAIL_WIDTH = 240
+PAGE_IMAGE_DPI = 110
+SSE_POLL_SECONDS = 10.0
 
 
 async def healthz(request: HttpRequest) -> HttpResponse:
@@ -13,7 +60,399 @@ async def healthz(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"status": "ok", "engine": config.engine})
 
 
-def home(request: HttpRequest) -> HttpResponse:
-    from django.shortcuts import render
+# --- Upload ---------------------------------------------------------------------------------------------------
 
-    return render(request, "ocr/home.html", {"engine": ocr_config().engine})
+
+def intake_message(error: OcrError) -> str:
+    """The intake's refusal in the user's language (the API keeps its English messages)."""
+    known = {
+        "empty_file": _("The file is empty."),
+        "file_too_large": _("The file is larger than the limit of %(limit)s.")
+        % {"limit": _format_bytes(ocr_config().max_upload_bytes)},
+        "unsupported_type": _(
+            "This is not a supported file. Upload a PNG, JPEG, WebP, GIF, BMP or TIFF image, or a PDF."
+        ),
+        "corrupt_file": _("The file is damaged and cannot be read."),
+        "image_too_large": _("The image has too many pixels."),
+        "bad_dimensions": _("The image is too small, too large or too narrow."),
+        "encrypted_pdf": _("The PDF is protected by a password; remove the password and upload it again."),
+        "empty_pdf": _("The PDF has no pages."),
+        "too_many_pages": _("The PDF has more pages than allowed (%(limit)s).") % {"limit": ocr_config().max_pdf_pages},
+        "engine_not_configured": _("No OCR engine is configured on this server."),
+    }
+    return str(known.get(error.code, error.message))
+
+
+def _format_bytes(size: int) -> str:
+    from django.template.defaultfilters import filesizeformat
+
+    return str(filesizeformat(size))
+
+
+def _home_context(request: HttpRequest, form: UploadForm) -> dict[str, Any]:
+    config = ocr_config()
+    return {
+        "form": form,
+        "presets": PRESETS,
+        "engine": config.engine,
+        "max_upload_bytes": config.max_upload_bytes,
+        "recent_jobs": list(selectors.visible_jobs_for_owner(owner=request.owner).order_by("-created_at")[:5]),
+    }
+
+
+@require_GET
+@page_owner_required
+def home(request: HttpRequest) -> HttpResponse:
+    return render(request, "ocr/home.html", _home_context(request, UploadForm()))
+
+
+@require_POST
+@page_owner_required
+async def job_new(request: HttpRequest) -> HttpResponse:
+    """Create a job from the upload form and start it in the background; then show its live page."""
+    post, files = await _parse_body(request)
+    form = UploadForm(post, files)
+    if not await sync_to_async(form.is_valid)():
+        return await _upload_refused(request, form)
+    config = ocr_config()
+    uploaded = form.cleaned_data["file"]
+    data = await sync_to_async(uploaded.read, thread_sensitive=False)()
+    upload = intake.Upload(data=data, file_name=intake.clean_file_name(uploaded.name))
+    kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
+    try:
+        engine = engines.get_engine()
+        document = await intake.open_upload(upload, expected_kind=kind, config=config)
+    except OcrError as error:
+        form.add_error("file", intake_message(error))
+        return await _upload_refused(request, form, status=error.status)
+    try:
+        job = await job_create(
+            owner=request.owner,
+            kind=kind,
+            source=JobSource.WEB,
+            file_name=upload.file_name,
+            content_type=document.content_type,
+            data=data,
+            prompt=form.cleaned_data["prompt"],
+            engine=engine.name,
+            model=engine.model,
+            page_count=document.page_count,
+            keep_upload=config.keep_uploads,
+        )
+    except BaseException:
+        await document.aclose()
+        raise
+    run = JobRun(
+        job=job,
+        document=document,
+        engine=engine,
+        prompt=form.cleaned_data["prompt"],
+        page_concurrency=config.page_concurrency,
+    )
+    start_live_job(run)
+    return redirect("ocr:job", job_id=job.pk, permanent=False)
+
+
+async def _parse_body(request: HttpRequest) -> tuple[Any, Any]:
+    # Parsing a multipart body copies the file: off the event loop.
+    return await sync_to_async(lambda: (request.POST, request.FILES), thread_sensitive=False)()
+
+
+async def _upload_refused(request: HttpRequest, form: UploadForm, *, status: int = 400) -> HttpResponse:
+    context = await sync_to_async(_home_context)(request, form)
+    return await sync_to_async(render)(request, "ocr/home.html", context, status=status)
+
+
+@require_POST
+@page_owner_required
+async def preview(request: HttpRequest) -> HttpResponse:
+    """Thumbnails of the chosen file before it is submitted: the image, or the first pages of a PDF."""
+    _post, files = await _parse_body(request)
+    uploaded = files.get("file")
+    context: dict[str, Any] = {"thumbnails": [], "error": ""}
+    if uploaded is None:
+        return render(request, "ocr/preview.html", context)
+    data = await sync_to_async(uploaded.read, thread_sensitive=False)()
+    kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
+    # Thumbnails need far fewer pixels than OCR: render PDF pages at a low resolution.
+    config = replace(ocr_config(), pdf_dpi=36, page_format="jpeg")
+    try:
+        document = await intake.open_upload(
+            intake.Upload(data=data, file_name=intake.clean_file_name(uploaded.name)), expected_kind=kind, config=config
+        )
+    except OcrError as error:
+        context["error"] = intake_message(error)
+        return await sync_to_async(render)(request, "ocr/preview.html", context)
+    try:
+        for number in range(1, min(document.page_count, THUMBNAIL_PAGES) + 1):
+            page = await document.page(number, pixels=True)
+            context["thumbnails"].append(
+                {"number": number, "src": await sync_to_async(_thumbnail, thread_sensitive=False)(page.pixels)}
+            )
+    finally:
+        await document.aclose()
+    context.update(kind=kind, pages=document.page_count, file_name=intake.clean_file_name(uploaded.name))
+    context["size"] = len(data)
+    return await sync_to_async(render)(request, "ocr/preview.html", context)
+
+
+def _thumbnail(image: Image.Image) -> str:
+    image = image.copy()
+    image.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH * 2))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --- One job --------------------------------------------------------------------------------------------------
+
+
+def _owned_job(request: HttpRequest, job_id: uuid.UUID) -> OcrJob:
+    job = selectors.visible_jobs_for_owner(owner=request.owner).filter(pk=job_id).first()
+    if job is None:
+        raise Http404
+    return job
+
+
+async def _aowned_job(request: HttpRequest, job_id: uuid.UUID) -> OcrJob:
+    job = await selectors.visible_jobs_for_owner(owner=request.owner).filter(pk=job_id).afirst()
+    if job is None:
+        raise Http404
+    return job
+
+
+@require_GET
+@page_owner_required
+def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    job = _owned_job(request, job_id)
+    pages = selectors.job_pages(job)
+    context = {
+        "job": job,
+        "pages": [page_view(page, job) for page in pages],
+        "usage": usage_view(job, [page for page in pages if page.pk]),
+        "live_since": job.live_seq,
+    }
+    return render(request, "ocr/job_detail.html", context)
+
+
+@require_GET
+@page_owner_required
+async def job_events(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    """The job's live updates as Server-Sent Events (see ``ocr.live.follow_job``)."""
+    job = await _aowned_job(request, job_id)
+    since = _last_event_id(request)
+    renderer = LiveRenderer(job=job, csrf_token=get_token(request))
+    language = translation.get_language()
+
+    async def stream():
+        # Something at once, so that the headers go out and the browser knows the stream is open.
+        yield b"retry: 2000\n: connected\n\n"
+        async with aclosing(follow_job(job.pk, since=since, poll=_poll_seconds())) as updates:
+            async for update in updates:
+                with translation.override(language):
+                    html = renderer.render(update)
+                if html:
+                    yield sse_event(html, event_id=update.seq)
+                else:
+                    yield b": ping\n\n"
+        yield sse_event("", event="close")
+
+    response = StreamingHttpResponse(stream(), content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache, no-store"
+    response["X-Accel-Buffering"] = "no"
+    # Keeps compressing middleware from buffering the stream (django-browser-reload does the same).
+    response["Content-Encoding"] = ""
+    return response
+
+
+def _poll_seconds() -> float:
+    return getattr(settings, "OCR_LIVE_POLL_SECONDS", SSE_POLL_SECONDS)
+
+
+def _last_event_id(request: HttpRequest) -> int | None:
+    raw = request.headers.get("Last-Event-ID") or request.GET.get("since") or ""
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+@require_POST
+@page_owner_required
+async def job_cancel(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    job = await _aowned_job(request, job_id)
+    if not job.is_finished:
+        await request_cancel(job.pk)
+        await sync_to_async(messages.info)(request, _("Cancelling the job…"))
+    return redirect("ocr:job", job_id=job.pk)
+
+
+@require_POST
+@page_owner_required
+def job_remove(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    job = _owned_job(request, job_id)
+    if not job.is_finished:
+        messages.error(request, _("Cancel the job before deleting it."))
+        return redirect("ocr:job", job_id=job.pk)
+    job_delete(job=job)
+    if request.htmx and request.POST.get("from") == "history":
+        return HttpResponse("")
+    messages.success(request, _("The job “%(name)s” was deleted.") % {"name": job.file_name})
+    return redirect("ocr:history")
+
+
+@require_GET
+@page_owner_required
+def job_download(request: HttpRequest, job_id: uuid.UUID, fmt: str) -> HttpResponse:
+    job = _owned_job(request, job_id)
+    pages = list(job.pages.order_by("number"))
+    rendered = [(page, render_page(page.text, page.layout)) for page in pages]
+    if fmt == "json":
+        data = selectors.job_as_dict(job, pages=pages)
+        for detail, (_page, page_render) in zip(data["pages_detail"], rendered, strict=True):
+            detail["markdown"] = page_render.markdown
+            detail["blocks"] = [block.as_dict() for block in page_render.blocks]
+        body = json.dumps(data, ensure_ascii=False, indent=2)
+        content_type = "application/json; charset=utf-8"
+    elif fmt == "md":
+        body = _joined(job, [(page.number, page_render.markdown) for page, page_render in rendered], markdown=True)
+        content_type = "text/markdown; charset=utf-8"
+    else:
+        body = _joined(job, [(page.number, page_render.markdown) for page, page_render in rendered], markdown=False)
+        content_type = "text/plain; charset=utf-8"
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = content_disposition_header(True, download_name(job.file_name, fmt))
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _joined(job: OcrJob, texts: list[tuple[int, str]], *, markdown: bool) -> str:
+    if len(texts) <= 1 and job.page_count <= 1:
+        return (texts[0][1] if texts else "") + "\n"
+    parts = []
+    for number, text in texts:
+        marker = f"<!-- page {number} -->" if markdown else f"===== {number} ====="
+        parts.append(f"{marker}\n\n{text}".rstrip())
+    return "\n\n".join(parts) + "\n"
+
+
+def download_name(file_name: str, extension: str) -> str:
+    """A safe download name: the upload's stem without path, control or quoting characters, plus ``extension``."""
+    stem = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
+    stem = "".join(ch for ch in stem if ch.isprintable() and ch not in '\\/:*?"<>|;')
+    stem = stem.strip(" .")[:100] or "ocr-result"
+    return f"{stem}.{extension}"
+
+
+@require_GET
+@page_owner_required
+async def page_image(request: HttpRequest, job_id: uuid.UUID, number: int) -> HttpResponse:
+    """The image of one page as the engine saw it (a PDF page rendered on demand), for the page view's boxes."""
+    job = await _aowned_job(request, job_id)
+    if not job.upload or not 1 <= number <= max(job.page_count, 1):
+        raise Http404
+    etag = f'"{job.pk.hex}-{number}"'
+    if etag in request.headers.get("If-None-Match", ""):
+        return HttpResponseNotModified(headers={"ETag": etag})
+    try:
+        data = await sync_to_async(_read_upload, thread_sensitive=False)(job)
+    except OSError:
+        raise Http404 from None
+    config = replace(ocr_config(), pdf_dpi=min(PAGE_IMAGE_DPI, ocr_config().pdf_dpi), page_format="jpeg")
+    try:
+        document = await intake.open_upload(
+            intake.Upload(data=data, file_name="upload"), expected_kind=job.kind, config=config
+        )
+    except OcrError:
+        raise Http404 from None
+    try:
+        if number > document.page_count:
+            raise Http404
+        page = await document.page(number, pixels=False)
+    finally:
+        await document.aclose()
+    response = HttpResponse(page.data, content_type=page.mime)
+    response["Cache-Control"] = "private, max-age=86400"
+    response["ETag"] = etag
+    response["Content-Disposition"] = content_disposition_header(False, f"page-{number}.{page.mime.rsplit('/')[-1]}")
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _read_upload(job: OcrJob) -> bytes:
+    with job.upload.open("rb") as file:
+        return file.read()
+
+
+# --- History and usage ----------------------------------------------------------------------------------------
+
+
+@require_GET
+@page_owner_required
+def history(request: HttpRequest) -> HttpResponse:
+    jobs = selectors.visible_jobs_for_owner(owner=request.owner).order_by("-created_at")
+    page = Paginator(jobs, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "ocr/history.html", {"page_obj": page, "jobs": page.object_list})
+
+
+@require_GET
+@page_owner_required
+def usage(request: HttpRequest) -> HttpResponse:
+    days = selectors.usage_by_day(owner=request.owner, days=30)
+    totals = selectors.usage_totals(selectors.jobs_for_owner(owner=request.owner))
+    return render(request, "ocr/usage.html", {"totals": totals, "days": days, "chart": usage_chart(days)})
+
+
+def usage_chart(days: list[selectors.DayUsage]) -> dict[str, Any]:
+    """Geometry of the 30-day bar chart, computed here so the template only places SVG elements."""
+    width, height, left, bottom, top = 720, 240, 56, 28, 12
+    plot_width, plot_height = width - left - 8, height - bottom - top
+    peak = max((day.total_tokens for day in days), default=0)
+    scale_max = _nice_ceiling(peak)
+    slot = plot_width / max(len(days), 1)
+    bars = []
+    for index, day in enumerate(days):
+        x = left + index * slot + slot * 0.15
+        prompt_h = plot_height * day.prompt_tokens / scale_max if scale_max else 0
+        completion_h = plot_height * day.completion_tokens / scale_max if scale_max else 0
+        bars.append(
+            {
+                "day": day,
+                "x": round(x, 1),
+                "width": round(slot * 0.7, 1),
+                "prompt_y": round(top + plot_height - prompt_h, 1),
+                "prompt_h": round(prompt_h, 1),
+                "completion_y": round(top + plot_height - prompt_h - completion_h, 1),
+                "completion_h": round(completion_h, 1),
+                "label_x": round(x + slot * 0.35, 1),
+                "show_label": index % 5 == 0 or index == len(days) - 1,
+            }
+        )
+    ticks = [
+        {"value": scale_max * step // 4, "y": round(top + plot_height - plot_height * step / 4, 1)} for step in range(5)
+    ]
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "right": width - 8,
+        "baseline": top + plot_height,
+        "label_y": height - 8,
+        "bars": bars,
+        "ticks": ticks,
+        "empty": peak == 0,
+    }
+
+
+def _nice_ceiling(value: int) -> int:
+    """The smallest of 1, 2, 2.5, 5 × 10ⁿ (times 4 ticks) that is at least ``value``."""
+    if value <= 0:
+        return 0
+    magnitude = 1
+    while True:
+        for step in (1, 2, 2.5, 5):
+            candidate = int(step * magnitude * 4)
+            if candidate >= value:
+                return candidate
+        magnitude *= 10

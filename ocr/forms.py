@@ -1,0 +1,86 @@
+"""The upload form of the OCR page and its prompt presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django import forms
+from django.utils.functional import Promise
+from django.utils.translation import gettext_lazy as _
+
+from ocr.config import ocr_config
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    key: str
+    label: str | Promise
+    help: str | Promise
+    prompt: str  # "" for the server's default prompt; "{text}" is replaced by what the user typed
+
+
+PRESETS: tuple[Preset, ...] = (
+    Preset("default", _("Plain text"), _("The server's default prompt (DeepSeek-OCR: “Free OCR.”)."), ""),
+    Preset("markdown", _("Markdown"), _("Text as Markdown."), "Free OCR, output markdown."),
+    Preset(
+        "document",
+        _("Document with layout"),
+        _("Deep document parsing: Markdown plus the position of every block (boxes)."),
+        "<|grounding|>Convert the document to markdown.",
+    ),
+    Preset(
+        "image_layout",
+        _("Other image with layout"),
+        _("OCR of a photo or screenshot, with boxes."),
+        "<|grounding|>OCR this image.",
+    ),
+    Preset(
+        "describe",
+        _("Describe the image"),
+        _("A description of the picture in words."),
+        "Describe this image in detail.",
+    ),
+    Preset("figure", _("Parse a figure"), _("Charts and figures inside documents."), "Parse the figure."),
+    Preset(
+        "locate",
+        _("Find a phrase"),
+        _("Boxes around a phrase: type the phrase below."),
+        "Locate <|ref|>{text}<|/ref|> in the image.",
+    ),
+    Preset("custom", _("Custom prompt"), _("Type your own prompt below."), "{text}"),
+)
+PRESETS_BY_KEY = {preset.key: preset for preset in PRESETS}
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(label=_("Image or PDF"))
+    preset = forms.ChoiceField(
+        label=_("What to read"),
+        choices=[(preset.key, preset.label) for preset in PRESETS],
+        initial="default",
+        widget=forms.RadioSelect,
+    )
+    text = forms.CharField(
+        label=_("Prompt or phrase"),
+        required=False,
+        max_length=4000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )
+
+    def clean(self) -> dict:
+        data = super().clean()
+        preset = PRESETS_BY_KEY.get(data.get("preset") or "default")
+        text = (data.get("text") or "").strip()
+        if preset is None:
+            return data
+        if "{text}" in preset.prompt and not text:
+            self.add_error("text", _("Type the prompt or the phrase to find."))
+            return data
+        if "\x00" in text:
+            self.add_error("text", _("The text contains a character that is not allowed."))
+            return data
+        prompt = preset.prompt.replace("{text}", text) if preset.prompt else ocr_config().default_prompt
+        if len(prompt) > ocr_config().max_prompt_chars:
+            self.add_error("text", _("The prompt is too long."))
+        data["prompt"] = prompt
+        return data

@@ -1,0 +1,224 @@
+"""The job page's pieces as HTML: the first render and every live update use the same templates.
+
+Live updates travel as one SSE event per batch whose data are htmx out-of-band fragments (``hx-swap-oob``): the
+text that arrived for a page is appended to its raw view, a finished page replaces its pane with the rendered
+result, and the header and usage panel are replaced when they change. Replacing is idempotent, so a reconnecting
+browser can be sent the stored state again without duplicating anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.utils.html import escape
+from django.utils.translation import gettext as _
+
+from ocr.live import Batch, Snapshot, Update
+from ocr.models import OcrJob, OcrPage, PageStatus
+from ocr.rendering import Overlay, RenderedPage, render_page
+
+JOB_TEMPLATE = "ocr/job_detail.html"
+
+
+def error_text(code: str, message: str) -> str:
+    """A translated explanation for the error codes people meet in the browser; the engine's own message else."""
+    known = {
+        "cancelled": _("Cancelled."),
+        "interrupted": _("The server stopped while this job was running."),
+        "engine_unavailable": _("The OCR engine is not reachable."),
+        "engine_timeout": _("The OCR engine took too long to answer."),
+        "engine_cut_off": _("The engine stopped at its length limit: the text of this page is incomplete."),
+        "render_failed": _("This page could not be rendered."),
+        "internal_error": _("Something went wrong on the server."),
+    }
+    return str(known.get(code, message))
+
+
+@dataclass(slots=True)
+class PageView:
+    number: int
+    status: str
+    text: str
+    job_id: Any
+    image: bool
+    rendered: RenderedPage | None = None
+    error: str = ""
+    width: int | None = None
+    height: int | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    duration_ms: int | None = None
+
+    @property
+    def overlays(self) -> tuple[Overlay, ...]:
+        return self.rendered.overlays if self.rendered else ()
+
+    @property
+    def is_running(self) -> bool:
+        return self.status == PageStatus.RUNNING
+
+    @property
+    def is_queued(self) -> bool:
+        return not self.status
+
+    @property
+    def status_label(self) -> str:
+        if not self.status:
+            return str(_("Queued"))
+        return str(PageStatus(self.status).label)
+
+
+def page_view(page: OcrPage, job: OcrJob) -> PageView:
+    finished = page.status not in ("", PageStatus.RUNNING)
+    return PageView(
+        number=page.number,
+        status=page.status,
+        text=page.text,
+        job_id=job.pk,
+        image=bool(job.upload),
+        rendered=render_page(page.text, page.layout) if finished else None,
+        error=error_text(page.error_code, page.error_message) if page.error_code else "",
+        width=page.width,
+        height=page.height,
+        usage={
+            "prompt_tokens": page.prompt_tokens,
+            "completion_tokens": page.completion_tokens,
+            "completion_chars": page.completion_chars or len(page.text),
+        },
+        duration_ms=page.duration_ms,
+    )
+
+
+@dataclass(slots=True)
+class UsageView:
+    """What the usage panel shows; while a job runs, characters grow with the text and tokens with each page."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_chars: int
+    completion_chars: int
+    input_bytes: int
+    pages: int
+    pages_done: int
+    elapsed_ms: int
+    estimated: bool
+    running: bool
+    started_at: datetime
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def usage_view(job: OcrJob, pages: list[OcrPage], *, live_chars: dict[int, int] | None = None) -> UsageView:
+    if job.is_finished:
+        return UsageView(
+            prompt_tokens=job.prompt_tokens,
+            completion_tokens=job.completion_tokens,
+            prompt_chars=job.prompt_chars,
+            completion_chars=job.completion_chars,
+            input_bytes=job.input_bytes,
+            pages=job.page_count,
+            pages_done=job.pages_done,
+            elapsed_ms=job.duration_ms or 0,
+            estimated=job.usage_estimated,
+            running=False,
+            started_at=job.created_at,
+        )
+    ended = [page for page in pages if page.status and page.status != PageStatus.RUNNING]
+    chars = {page.number: len(page.text) for page in pages}
+    chars.update(live_chars or {})
+    return UsageView(
+        prompt_tokens=sum(page.prompt_tokens for page in ended),
+        completion_tokens=sum(page.completion_tokens for page in ended),
+        prompt_chars=len(job.prompt) * len(ended),
+        completion_chars=sum(chars.values()),
+        input_bytes=job.input_bytes,
+        pages=job.page_count,
+        pages_done=sum(1 for page in ended if page.status in (PageStatus.DONE, PageStatus.TRUNCATED)),
+        elapsed_ms=int((timezone.now() - job.created_at).total_seconds() * 1000),
+        estimated=any(page.usage_estimated for page in ended),
+        running=True,
+        started_at=job.created_at,
+    )
+
+
+def render_part(part: str, context: dict[str, Any]) -> str:
+    return render_to_string(f"{JOB_TEMPLATE}#{part}", context)
+
+
+def oob(html: str) -> str:
+    """Mark the fragment's root element as an out-of-band swap (outerHTML of the element with the same id)."""
+    return html.replace(" data-oob", ' hx-swap-oob="true"', 1)
+
+
+class LiveRenderer:
+    """Turns a feed's updates into SSE events for one client, remembering what it needs for the usage panel."""
+
+    def __init__(self, *, job: OcrJob, csrf_token: str) -> None:
+        self.job = job
+        self.csrf_token = csrf_token
+        self.pages: dict[int, OcrPage] = {}
+        self.live_chars: dict[int, int] = {}
+
+    def _context(self, **extra: Any) -> dict[str, Any]:
+        return {"job": self.job, "csrf_token": self.csrf_token, **extra}
+
+    def render(self, update: Update) -> str:
+        if isinstance(update, Snapshot):
+            return self._snapshot(update)
+        return self._batch(update)
+
+    def _snapshot(self, snapshot: Snapshot) -> str:
+        self.job = snapshot.job
+        self.pages = {page.number: page for page in snapshot.pages}
+        self.live_chars = {}
+        parts = [oob(render_part("header", self._context())), self._usage()]
+        numbers = range(1, max(self.job.page_count, max(self.pages, default=0)) + 1)
+        for number in numbers:
+            page = self.pages.get(number) or OcrPage(job=self.job, number=number, status="")
+            parts.append(oob(render_part("page", self._context(page=page_view(page, self.job)))))
+        return "\n".join(parts)
+
+    def _batch(self, batch: Batch) -> str:
+        parts: list[str] = []
+        deltas: dict[int, list[str]] = {}
+        for event in batch.events:
+            kind = event["type"]
+            if kind == "page_start":
+                number = event["page"]
+                page = OcrPage(job=self.job, number=number, status=PageStatus.RUNNING)
+                self.pages[number] = page
+                self.live_chars[number] = 0
+                parts.append(oob(render_part("page", self._context(page=page_view(page, self.job)))))
+            elif kind == "page_delta":
+                deltas.setdefault(event["page"], []).append(event["delta"])
+                self.live_chars[event["page"]] = self.live_chars.get(event["page"], 0) + len(event["delta"])
+        for number, pieces in deltas.items():
+            text = escape("".join(pieces))
+            parts.append(f'<span id="raw-{number}" hx-swap-oob="beforeend">{text}</span>')
+        for number, page in batch.ended_pages.items():
+            self.pages[number] = page
+            self.live_chars.pop(number, None)
+            parts.append(oob(render_part("page", self._context(page=page_view(page, self.job)))))
+        if deltas or batch.ended_pages or any(event["type"] == "page_start" for event in batch.events):
+            parts.append(self._usage())
+        return "\n".join(parts)
+
+    def _usage(self) -> str:
+        usage = usage_view(self.job, list(self.pages.values()), live_chars=self.live_chars)
+        return oob(render_part("usage", self._context(usage=usage)))
+
+
+def sse_event(data: str, *, event: str = "update", event_id: int | None = None) -> bytes:
+    """One Server-Sent Event; multi-line data become several ``data:`` lines, as the format requires."""
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append(f"event: {event}")
+    text = data.replace("\r\n", "\n").replace("\r", "\n")
+    lines.extend(f"data: {line}" for line in text.split("\n"))
+    return ("\n".join(lines) + "\n\n").encode("utf-8")

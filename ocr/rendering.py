@@ -1,0 +1,218 @@
+"""OCR text for people: grounding markup parsed into boxes, Markdown rendered to sanitised HTML.
+
+OCR output is untrusted input: a page that reads ``<script>`` must show those characters, never run them. Markdown
+is rendered with markdown-it-py (raw HTML allowed, because DeepSeek-OCR writes tables as HTML) and the result goes
+through nh3 with a short allow-list: no scripts, no event handlers, no ``style`` attributes, no images (they would
+load remote URLs named by the document), and only http(s)/mailto links.
+
+DeepSeek-OCR's grounding output (``<|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2], ...]<|/det|>``, coordinates
+normalised to 0–999) is parsed with a strict pattern and ``ast.literal_eval``; the markup is removed from the
+Markdown view and the boxes are drawn over the page image.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import nh3
+from markdown_it import MarkdownIt
+
+Box = tuple[int, int, int, int]
+
+GROUNDING = re.compile(r"<\|ref\|>(?P<label>.*?)<\|/ref\|><\|det\|>(?P<boxes>.*?)<\|/det\|>", re.DOTALL)
+# Special tokens that can reach the text when vLLM keeps special tokens (``skip_special_tokens: false``).
+SPECIAL_TOKENS = re.compile(r"<\|grounding\|>|<｜end▁of▁sentence｜>|<\|/?(?:ref|det)\|>")
+MATH = re.compile(r"\\\[(?P<display>.+?)\\\]|\\\((?P<inline>.+?)\\\)", re.DOTALL)
+MAX_BOXES_PER_BLOCK = 100
+#: Labels with their own colour in the stylesheet; any other label is drawn as "other".
+KNOWN_LABELS = frozenset({"title", "sub_title", "text", "table", "image", "equation", "figure", "caption", "line"})
+
+ALLOWED_TAGS = {
+    "a", "abbr", "b", "blockquote", "br", "caption", "code", "col", "colgroup", "dd", "del", "div", "dl", "dt",
+    "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "kbd", "li", "mark", "ol", "p", "pre", "s", "small",
+    "span", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "u", "ul",
+}  # fmt: skip
+ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "td": {"colspan", "rowspan"},
+    "th": {"colspan", "rowspan", "scope"},
+    "ol": {"start"},
+    "col": {"span"},
+    "colgroup": {"span"},
+}
+ALLOWED_CLASSES = {"span": {"math", "math-inline"}, "div": {"math", "math-display"}}
+
+# Raw HTML the engine legitimately writes (tables, a few inline tags). Any other tag is shown as text, so that a page
+# reading "<script>" displays exactly that instead of vanishing in the sanitiser.
+PASS_THROUGH_TAGS = ALLOWED_TAGS | {"center"}
+HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*)\b")
+
+_markdown = MarkdownIt("commonmark", {"html": True, "breaks": False}).enable(["table", "strikethrough"])
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One grounded block: its label, its boxes (0–999) and the text that follows it up to the next block."""
+
+    label: str
+    boxes: tuple[Box, ...]
+    text: str = ""
+
+    @property
+    def css_label(self) -> str:
+        return self.label if self.label in KNOWN_LABELS else "other"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "boxes": [list(box) for box in self.boxes], "text": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    """Boxes to draw over one page image, in 0–999 coordinates."""
+
+    label: str
+    box: Box
+    text: str = ""
+
+    @property
+    def css_label(self) -> str:
+        return self.label if self.label in KNOWN_LABELS else "other"
+
+    @property
+    def x(self) -> int:
+        return self.box[0]
+
+    @property
+    def y(self) -> int:
+        return self.box[1]
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> int:
+        return self.box[3] - self.box[1]
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedPage:
+    html: str
+    markdown: str
+    blocks: tuple[Block, ...] = field(default_factory=tuple)
+    overlays: tuple[Overlay, ...] = field(default_factory=tuple)
+
+
+def parse_boxes(raw: str) -> tuple[Box, ...]:
+    """The boxes of a ``<|det|>`` payload: ``[[x1, y1, x2, y2], ...]`` or a single ``[x1, y1, x2, y2]``.
+
+    Anything that is not a list of four numbers is ignored; coordinates are clamped to 0–999 and ordered so that
+    ``x1 <= x2`` and ``y1 <= y2``.
+    """
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return ()
+    if isinstance(value, list | tuple) and len(value) == 4 and all(_is_number(v) for v in value):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        return ()
+    boxes: list[Box] = []
+    for item in value[:MAX_BOXES_PER_BLOCK]:
+        if not (isinstance(item, list | tuple) and len(item) == 4 and all(_is_number(v) for v in item)):
+            continue
+        x1, y1, x2, y2 = (min(999, max(0, int(v))) for v in item)
+        boxes.append((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)))
+    return tuple(boxes)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def parse_grounding(text: str) -> tuple[Block, ...]:
+    """The grounded blocks of ``text``, each with the text up to the next block (markup removed)."""
+    matches = list(GROUNDING.finditer(text))
+    blocks = []
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        content = SPECIAL_TOKENS.sub("", text[match.end() : end]).strip()
+        blocks.append(Block(label=match.group("label").strip(), boxes=parse_boxes(match.group("boxes")), text=content))
+    return tuple(blocks)
+
+
+def strip_grounding(text: str) -> str:
+    """``text`` without grounding spans and special tokens, blank-line runs collapsed (as DeepSeek's own tools)."""
+    cleaned = SPECIAL_TOKENS.sub("", GROUNDING.sub("", text))
+    cleaned = re.sub(r"\n{3,}", "\n\n", cleaned)
+    return cleaned.strip("\n")
+
+
+def layout_overlays(layout: object) -> tuple[Overlay, ...]:
+    """Overlays for the embedded engine's stored line boxes (``{"label", "text", "score", "box"}``, 0–999)."""
+    if not isinstance(layout, list):
+        return ()
+    overlays = []
+    for item in layout:
+        if not isinstance(item, dict):
+            continue
+        boxes = parse_boxes(repr(item.get("box"))) if isinstance(item.get("box"), list) else ()
+        if boxes:
+            label = str(item.get("label") or "line")[:60]
+            overlays.append(Overlay(label=label, box=boxes[0], text=str(item.get("text") or "")[:500]))
+    return tuple(overlays)
+
+
+def render_markdown(markdown: str) -> str:
+    """Markdown (with raw HTML tables) → HTML that is safe to insert into a page."""
+    stash: list[str] = []
+
+    def keep_math(match: re.Match[str]) -> str:
+        # CommonMark would eat the backslashes of \[ … \] and \( … \) and read _ as emphasis: set LaTeX aside and
+        # show it verbatim.
+        display = match.group("display") is not None
+        body = match.group("display") if display else match.group("inline")
+        stash.append(_math_html(body.strip(), display=display))
+        return f"\x02{len(stash) - 1}\x03"
+
+    protected = MATH.sub(keep_math, markdown.replace("\x02", "").replace("\x03", ""))
+    protected = HTML_TAG.sub(_escape_unknown_tag, protected)
+    html = _markdown.render(protected)
+    clean = nh3.clean(
+        html,
+        tags=ALLOWED_TAGS,
+        attributes=ALLOWED_ATTRIBUTES,
+        allowed_classes=ALLOWED_CLASSES,
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+        strip_comments=True,
+    )
+    if stash:
+        clean = re.sub(r"\x02(\d+)\x03", lambda m: stash[int(m.group(1))], clean)
+    return clean
+
+
+def _escape_unknown_tag(match: re.Match[str]) -> str:
+    if match.group(2).lower() in PASS_THROUGH_TAGS:
+        return match.group(0)
+    return "&lt;" + match.group(0)[1:]
+
+
+def _math_html(latex: str, *, display: bool) -> str:
+    escaped = latex.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if display:
+        return f'<span class="math math-display">\\[{escaped}\\]</span>'
+    return f'<span class="math math-inline">\\({escaped}\\)</span>'
+
+
+def render_page(text: str, layout: object = None) -> RenderedPage:
+    """Everything the page view needs from one page's stored text and layout."""
+    blocks = parse_grounding(text)
+    markdown = strip_grounding(text)
+    overlays = [Overlay(label=block.label, box=box, text=block.text[:500]) for block in blocks for box in block.boxes]
+    if not overlays:
+        overlays = list(layout_overlays(layout))
+    return RenderedPage(html=render_markdown(markdown), markdown=markdown, blocks=blocks, overlays=tuple(overlays))

@@ -1,0 +1,75 @@
+/* My OCR: small progressive enhancements. Every page works without this file. No inline scripts anywhere. */
+(function () {
+  "use strict";
+  document.documentElement.classList.replace("no-js", "js");
+
+  function ready(fn) {
+    if (document.readyState !== "loading") fn(); else document.addEventListener("DOMContentLoaded", fn);
+  }
+
+  // Drag and drop onto the upload form's drop zone; refuse files over the limit before uploading them.
+  function initUpload() {
+    var form = document.querySelector("form.upload");
+    if (!form) return;
+    var zone = form.querySelector("[data-dropzone]");
+    var input = form.querySelector("input[type=file]");
+    var sizeError = form.querySelector("[data-size-error]");
+    var limit = parseInt(form.dataset.maxBytes || "0", 10);
+    function tooLarge() {
+      var file = input.files && input.files[0];
+      var bad = Boolean(file && limit && file.size > limit);
+      sizeError.hidden = !bad;
+      return bad;
+    }
+    ["dragenter", "dragover"].forEach(function (name) {
+      zone.addEventListener(name, function (event) { event.preventDefault(); zone.classList.add("is-dragging"); });
+    });
+    ["dragleave", "drop"].forEach(function (name) {
+      zone.addEventListener(name, function () { zone.classList.remove("is-dragging"); });
+    });
+    zone.addEventListener("drop", function (event) {
+      event.preventDefault();
+      if (!event.dataTransfer || !event.dataTransfer.files.length) return;
+      input.files = event.dataTransfer.files;
+      input.dispatchEvent(new Event("change", { bubbles: true }));
+    });
+    input.addEventListener("htmx:confirm", function (event) { if (tooLarge()) event.preventDefault(); });
+    form.addEventListener("submit", function (event) { if (tooLarge()) event.preventDefault(); });
+  }
+
+  // Copy buttons: data-copy-target (an element's text) or data-copy-url (a download's text).
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy-target], [data-copy-url]");
+    if (!button || !navigator.clipboard) return;
+    var text = button.dataset.copyTarget
+      ? Promise.resolve(document.querySelector(button.dataset.copyTarget).textContent)
+      : fetch(button.dataset.copyUrl, { credentials: "same-origin" }).then(function (r) { return r.text(); });
+    text.then(function (value) { return navigator.clipboard.writeText(value); }).then(function () {
+      var label = button.textContent;
+      button.textContent = button.dataset.copied || "✓";
+      setTimeout(function () { button.textContent = label; }, 1500);
+    });
+  });
+
+  // Plain forms that ask first (htmx forms use hx-confirm).
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (form.dataset && form.dataset.confirm && !window.confirm(form.dataset.confirm)) event.preventDefault();
+  });
+
+  // The elapsed time of a running job ticks between server updates.
+  setInterval(function () {
+    document.querySelectorAll("[data-started]").forEach(function (element) {
+      var started = Date.parse(element.dataset.started);
+      if (!isNaN(started)) element.textContent = Math.max(0, Math.round((Date.now() - started) / 1000)) + " s";
+    });
+  }, 1000);
+
+  // Keep the newest streamed text of a running page in view.
+  document.addEventListener("htmx:oobAfterSwap", function (event) {
+    var target = event.detail && event.detail.target;
+    if (target && target.classList && target.classList.contains("page__raw")) target.scrollTop = target.scrollHeight;
+  });
+
+  ready(initUpload);
+})();

@@ -1,0 +1,401 @@
+"""The browser pages: access, isolation between users (404 for others' ids), CSRF, downloads, page images."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+
+import pytest
+from django.core.files.base import ContentFile
+from django.test import Client
+from django.utils import timezone
+
+from accounts.models import ApiToken
+from accounts.tokens import token_create
+from ocr.models import OcrJob, OcrPage
+from ocr.views import download_name
+from testing.documents import SAMPLES, make_numbered_pdf
+
+from .conftest import PASSWORD
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
+
+GROUNDED = (
+    "<|ref|>title<|/ref|><|det|>[[180, 40, 820, 70]]<|/det|>\n# Report\n\n"
+    "<|ref|>text<|/ref|><|det|>[[80, 100, 920, 160], [80, 170, 500, 190]]<|/det|>\nBody <script>alert(1)</script>\n"
+)
+
+
+def make_job(owner, *, status="done", text="Hello", kind="image", data=None, pages=1, **fields) -> OcrJob:
+    job = OcrJob(
+        owner=owner,
+        kind=kind,
+        source="web",
+        status=status,
+        file_name=fields.pop("file_name", "scan.png" if kind == "image" else "doc.pdf"),
+        content_type="image/png" if kind == "image" else "application/pdf",
+        engine="openai",
+        model="deepseek-ai/DeepSeek-OCR",
+        page_count=pages,
+        pages_done=pages if status == "done" else 0,
+        prompt_tokens=10,
+        completion_tokens=20,
+        **fields,
+    )
+    if data is not None:
+        job.upload.save("upload", ContentFile(data), save=False)
+    job.save()
+    for number in range(1, pages + 1):
+        OcrPage.objects.create(
+            job=job, number=number, status="done" if status == "done" else "running", text=text, width=640, height=426
+        )
+    return job
+
+
+@pytest.fixture
+def alice_client(alice) -> Client:
+    client = Client()
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def bob_client(bob) -> Client:
+    client = Client()
+    client.force_login(bob)
+    return client
+
+
+@pytest.mark.parametrize("path", ["/", "/jobs/", "/usage/", "/accounts/tokens/", "/accounts/password/"])
+def test_pages_need_a_login(path, transactional_db):
+    response = Client().get(path)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+@pytest.mark.parametrize("path", ["/", "/jobs/", "/usage/", "/accounts/tokens/", "/accounts/password/"])
+def test_pages_render_for_a_signed_in_user(path, alice_client):
+    response = alice_client.get(path)
+
+    assert response.status_code == 200
+    assert b"<main" in response.content
+
+
+def test_without_auth_the_pages_belong_to_the_anonymous_user(settings, transactional_db):
+    settings.AUTH_ENABLED = False
+    from django.contrib.auth import get_user_model
+
+    anonymous = get_user_model().objects.create(username="anonymous")
+    make_job(anonymous, file_name="shared.png")
+
+    response = Client().get("/jobs/")
+
+    assert response.status_code == 200
+    assert b"shared.png" in response.content
+
+
+def test_register_logs_the_new_user_in(transactional_db):
+    client = Client()
+    response = client.post(
+        "/accounts/register/", {"username": "erin", "password1": PASSWORD, "password2": PASSWORD}, follow=True
+    )
+
+    assert response.status_code == 200
+    assert response.context["user"].username == "erin"
+
+
+def test_register_refuses_a_weak_password(transactional_db):
+    response = Client().post("/accounts/register/", {"username": "erin", "password1": "123", "password2": "123"})
+
+    assert response.status_code == 400
+    assert b"error-text" in response.content
+
+
+def test_login_and_logout(alice):
+    client = Client()
+    response = client.post("/accounts/login/", {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 302 and response["Location"] == "/"
+
+    response = client.post("/accounts/logout/")
+    assert response.status_code == 302
+    assert client.get("/").status_code == 302
+
+
+def test_history_lists_only_my_jobs_newest_first(alice, bob, alice_client):
+    make_job(alice, file_name="older.png", created_at=timezone.now() - timedelta(hours=1))
+    make_job(alice, file_name="newer.png")
+    make_job(bob, file_name="bobs-secret.png")
+
+    content = alice_client.get("/jobs/").content.decode()
+
+    assert content.index("newer.png") < content.index("older.png")
+    assert "bobs-secret.png" not in content
+
+
+def test_history_is_paginated(alice, alice_client):
+    for index in range(23):
+        make_job(alice, file_name=f"file-{index:02}.png", created_at=timezone.now() - timedelta(minutes=index))
+
+    first = alice_client.get("/jobs/").content.decode()
+    second = alice_client.get("/jobs/?page=2").content.decode()
+
+    assert "file-00.png" in first and "file-19.png" in first and "file-20.png" not in first
+    assert "file-22.png" in second and 'rel="prev"' in second
+
+
+def test_job_page_shows_the_rendered_result_usage_and_boxes(alice, alice_client):
+    job = make_job(alice, text=GROUNDED, data=SAMPLES["short"].render())
+
+    content = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+
+    assert "<h1>Report</h1>" in content
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in content and "<script>alert" not in content
+    assert "<|ref|>" not in content.split('class="page__raw"')[0]  # markup only in the raw view
+    assert len(re.findall(r"<rect x=", content)) == 3
+    assert 'id="usage"' in content and ">10<" in content and ">20<" in content
+
+
+def test_a_running_job_page_connects_to_its_stream_and_offers_cancel(alice, alice_client):
+    job = make_job(alice, status="running", text="partial te", live_seq=7)
+
+    content = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+
+    assert f'sse-connect="/jobs/{job.pk}/events?since=7"' in content
+    assert "partial te" in content
+    assert f'action="/jobs/{job.pk}/cancel"' in content
+    assert 'class="button no-js-only" href' in content  # a refresh link for browsers without JS
+
+
+OTHERS = [
+    "/jobs/{id}/",
+    "/jobs/{id}/events",
+    "/jobs/{id}/result.md",
+    "/jobs/{id}/result.txt",
+    "/jobs/{id}/result.json",
+    "/jobs/{id}/pages/1/image",
+]
+
+
+@pytest.mark.parametrize("path", OTHERS)
+def test_another_users_job_is_not_found(path, alice, bob_client):
+    job = make_job(alice, data=SAMPLES["short"].render())
+
+    response = bob_client.get(path.format(id=job.pk))
+
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/jobs/{id}/delete", "/jobs/{id}/cancel"])
+def test_another_user_cannot_delete_or_cancel_my_job(path, alice, bob_client):
+    job = make_job(alice)
+
+    response = bob_client.post(path.format(id=job.pk))
+
+    assert response.status_code == 404
+    assert OcrJob.objects.get(pk=job.pk).deleted_at is None
+
+
+def test_another_users_token_cannot_be_revoked(alice, bob_client):
+    issued = token_create(user=alice, name="alice's")
+
+    response = bob_client.post(f"/accounts/tokens/{issued.token.pk}/revoke")
+
+    assert response.status_code == 404
+    assert ApiToken.objects.get(pk=issued.token.pk).revoked_at is None
+
+
+def test_tokens_page_lists_only_my_tokens(alice, bob, alice_client):
+    token_create(user=alice, name="my laptop")
+    token_create(user=bob, name="bob's server")
+
+    content = alice_client.get("/accounts/tokens/").content.decode()
+
+    assert "my laptop" in content and "bob&#x27;s server" not in content and "bob's server" not in content
+
+
+def test_a_new_token_is_shown_once_and_stored_hashed(alice, alice_client):
+    response = alice_client.post("/accounts/tokens/", {"name": "ci"})
+
+    assert response.status_code == 201
+    secret = re.search(r'<code id="new-token">(mocr_[^<]+)</code>', response.content.decode()).group(1)
+    token = ApiToken.objects.get(user=alice, name="ci")
+    assert token.digest != secret and secret not in token.digest
+    assert secret not in alice_client.get("/accounts/tokens/").content.decode()
+    assert f"Bearer {secret}" in response.content.decode()  # the curl example is ready to paste
+
+
+def test_revoking_a_token_stops_it(alice, alice_client):
+    issued = token_create(user=alice, name="old")
+
+    response = alice_client.post(f"/accounts/tokens/{issued.token.pk}/revoke", headers={"HX-Request": "true"})
+
+    assert response.status_code == 200 and b"Revoked" in response.content
+    assert Client().get("/api/users/me", headers={"Authorization": f"Bearer {issued.secret}"}).status_code == 401
+
+
+def test_deleting_a_job_removes_its_text_and_file_but_keeps_the_usage(alice, alice_client):
+    job = make_job(alice, data=SAMPLES["short"].render())
+    path = job.upload.path
+
+    response = alice_client.post(f"/jobs/{job.pk}/delete")
+
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.deleted_at is not None and not job.upload
+    assert not OcrPage.objects.filter(job=job).exists()
+    import os
+
+    assert not os.path.exists(path)
+    assert alice_client.get(f"/jobs/{job.pk}/").status_code == 404
+    assert f'id="job-{job.pk}"' not in alice_client.get("/jobs/").content.decode()
+    assert alice_client.get("/usage/").context["totals"]["completion_tokens"] == 20
+
+
+def test_a_running_job_cannot_be_deleted(alice, alice_client):
+    job = make_job(alice, status="running")
+
+    alice_client.post(f"/jobs/{job.pk}/delete")
+
+    assert OcrJob.objects.get(pk=job.pk).deleted_at is None
+
+
+def test_downloads_have_safe_names_and_the_right_content(alice, alice_client):
+    job = make_job(alice, text=GROUNDED, file_name='../we"ird\r\nname.png')
+
+    md = alice_client.get(f"/jobs/{job.pk}/result.md")
+    txt = alice_client.get(f"/jobs/{job.pk}/result.txt")
+    data = json.loads(alice_client.get(f"/jobs/{job.pk}/result.json").content)
+
+    assert md["Content-Type"] == "text/markdown; charset=utf-8"
+    assert md["Content-Disposition"].startswith("attachment;")
+    assert "\r" not in md["Content-Disposition"] and "\n" not in md["Content-Disposition"]
+    assert '"' not in md["Content-Disposition"].split("filename=")[1].strip('"')
+    assert md.content.decode().startswith("# Report")
+    assert "<|ref|>" not in txt.content.decode()
+    blocks = data["pages_detail"][0]["blocks"]
+    assert blocks[0] == {"label": "title", "boxes": [[180, 40, 820, 70]], "text": "# Report"}
+    assert blocks[1]["boxes"] == [[80, 100, 920, 160], [80, 170, 500, 190]]
+    assert data["usage"]["completion_tokens"] == 20
+
+
+def test_pdf_downloads_mark_the_pages(alice, alice_client):
+    job = make_job(alice, kind="pdf", pages=2, text="same")
+
+    body = alice_client.get(f"/jobs/{job.pk}/result.md").content.decode()
+
+    assert "<!-- page 1 -->" in body and "<!-- page 2 -->" in body
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("scan.png", "scan.md"), ("../../etc/passwd", "passwd.md"), ('a"b;c.pdf', "abc.md"), ("", "ocr-result.md")],
+)
+def test_download_names(name, expected):
+    assert download_name(name.rsplit("/", 1)[-1], "md") == expected
+
+
+def test_page_images_are_served_with_a_sniffed_type_and_caching(alice, alice_client):
+    job = make_job(alice, kind="pdf", pages=3, data=make_numbered_pdf(3))
+
+    response = alice_client.get(f"/jobs/{job.pk}/pages/2/image")
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/jpeg" and response.content[:3] == b"\xff\xd8\xff"
+    assert "private" in response["Cache-Control"]
+    assert response["X-Content-Type-Options"] == "nosniff"
+    again = alice_client.get(f"/jobs/{job.pk}/pages/2/image", headers={"If-None-Match": response["ETag"]})
+    assert again.status_code == 304
+    assert alice_client.get(f"/jobs/{job.pk}/pages/4/image").status_code == 404
+
+
+def test_usage_page_charts_the_last_30_days(alice, alice_client):
+    make_job(alice)
+    make_job(alice, created_at=timezone.now() - timedelta(days=40))
+
+    response = alice_client.get("/usage/")
+
+    assert response.context["totals"]["jobs"] == 2
+    days = response.context["days"]
+    assert len(days) == 30 and days[-1].total_tokens == 30 and sum(d.jobs for d in days) == 1
+    assert response.content.count(b'class="chart__completion"') == 30
+
+
+CSRF_FORMS = [
+    ("/jobs/new", {}),
+    ("/jobs/preview", {}),
+    ("/jobs/{id}/cancel", {}),
+    ("/jobs/{id}/delete", {}),
+    ("/accounts/tokens/", {"name": "x"}),
+    ("/accounts/tokens/{token}/revoke", {}),
+    ("/accounts/password/", {}),
+    ("/accounts/logout/", {}),
+    ("/i18n/setlang/", {"language": "zh-hans"}),
+]
+
+
+@pytest.mark.parametrize(("path", "data"), CSRF_FORMS)
+def test_every_browser_form_needs_the_csrf_token(path, data, alice):
+    job = make_job(alice)
+    token = token_create(user=alice, name="t").token
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+
+    response = client.post(path.format(id=job.pk, token=token.pk), data)
+
+    assert response.status_code == 403
+    assert OcrJob.objects.get(pk=job.pk).deleted_at is None
+    assert ApiToken.objects.get(pk=token.pk).revoked_at is None
+
+
+@pytest.mark.parametrize(("path", "data"), [("/accounts/login/", {"username": "alice"}), ("/accounts/register/", {})])
+def test_the_login_and_register_forms_need_the_csrf_token(path, data, alice):
+    response = Client(enforce_csrf_checks=True).post(path, data)
+
+    assert response.status_code == 403
+
+
+def test_a_form_with_the_csrf_token_passes(alice):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    page = client.get("/accounts/tokens/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.content.decode()).group(1)
+
+    response = client.post("/accounts/tokens/", {"name": "x", "csrfmiddlewaretoken": token})
+
+    assert response.status_code == 201
+
+
+def test_an_upload_that_is_not_an_image_or_pdf_is_refused_on_the_form(alice_client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    response = alice_client.post(
+        "/jobs/new", {"file": SimpleUploadedFile("x.html", b"<html>hi</html>"), "preset": "default"}
+    )
+
+    assert response.status_code == 415
+    assert "not a supported file" in response.content.decode()
+    assert not OcrJob.objects.exists()
+
+
+def test_custom_prompt_needs_text(alice_client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    response = alice_client.post(
+        "/jobs/new", {"file": SimpleUploadedFile("a.png", SAMPLES["short"].render()), "preset": "custom", "text": ""}
+    )
+
+    assert response.status_code == 400
+    assert not OcrJob.objects.exists()
+
+
+def test_preview_shows_thumbnails_of_the_first_pdf_pages(alice_client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    response = alice_client.post("/jobs/preview", {"file": SimpleUploadedFile("d.pdf", make_numbered_pdf(6))})
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert content.count('src="data:image/jpeg;base64,') == 4
+    assert "6 pages" in content
