@@ -1,0 +1,222 @@
+"""The web app in a real browser: Debian's Chromium driven by Playwright, a real Daphne, the fake vLLM engine.
+
+Each step saves a screenshot under ``test-artifacts/screenshots/`` for people to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from testing.documents import SAMPLES, make_numbered_pdf
+
+from .conftest import PASSWORD
+from .server import ROOT, AppServer
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")
+
+
+def chromium_path() -> str | None:
+    configured = os.environ.get("CHROMIUM_PATH")
+    if configured:
+        return configured
+    return next((path for path in CHROMIUM_CANDIDATES if Path(path).exists()), shutil.which("chromium"))
+
+
+@pytest.fixture(autouse=True)
+def close_thread_connections():
+    """Replaces the async autouse fixture of conftest: Playwright's sync API owns this thread's event loop."""
+    return
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    path = chromium_path()
+    if path is None:
+        pytest.skip("Debian's chromium is not installed (make system-deps installs it)")
+    return {**browser_type_launch_args, "executable_path": path}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, "viewport": {"width": 1280, "height": 900}, "locale": "en-GB"}
+
+
+@pytest.fixture(scope="module")
+def server(fake_vllm_server, tmp_path_factory):
+    app = AppServer(
+        tmp_path_factory.mktemp("browser-server"),
+        {
+            "OCR_ENGINE": "openai",
+            "LLM_BASE_URL": fake_vllm_server.base_url,
+            "OCR_PAGE_CONCURRENCY": "4",
+            "OCR_LIVE_FLUSH_SECONDS": "0.2",
+        },
+    )
+    app.start()
+    app.register_and_login("dana")
+    yield app
+    app.stop()
+
+
+@pytest.fixture
+def fake(fake_vllm_server):
+    fake_vllm_server.reset()
+    yield fake_vllm_server
+    fake_vllm_server.reset()
+
+
+@pytest.fixture
+def signed_in(page, server):
+    """A browser page signed in as ``dana`` through the login form."""
+    page.set_default_timeout(20_000)
+    page.goto(f"{server.url}/accounts/login/")
+    page.get_by_label("Username").fill("dana")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{server.url}/")
+    return page
+
+
+def shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def upload(page, server, name: str, data: bytes, mime: str, *, preset: str | None = None) -> None:
+    page.goto(f"{server.url}/")
+    page.locator("input[type=file]").set_input_files({"name": name, "mimeType": mime, "buffer": data})
+    page.locator("#preview img").first.wait_for()
+    if preset:
+        page.locator(f"input[name=preset][value={preset}]").check()
+    return None
+
+
+def start(page, server) -> None:
+    page.get_by_role("button", name="Start OCR").click()
+    page.wait_for_url(re.compile(r".*/jobs/[0-9a-f-]{36}/$"))
+
+
+def wait_done(page) -> None:
+    page.wait_for_selector('[data-job-status="done"]', timeout=30_000)
+
+
+def test_upload_an_image_and_watch_the_text_stream_in(signed_in, server, fake):
+    page = signed_in
+    fake.set_default(tokens=120, token_delay=0.03)
+    upload(page, server, "page.png", SAMPLES["short"].render(), "image/png", preset="markdown")
+    shot(page, "01-upload-with-preview")
+    start(page, server)
+
+    # An intermediate state: text is on the page while the job is still running.
+    page.wait_for_function(
+        "document.querySelector('#raw-1').textContent.length > 20"
+        " && document.querySelector('[data-job-status]').dataset.jobStatus === 'running'"
+    )
+    running_text = page.locator("#raw-1").text_content()
+    shot(page, "02-image-streaming")
+
+    wait_done(page)
+    assert page.locator("#page-1 .page__rendered h1").first.text_content().startswith("Regional Water Quality")
+    final_text = page.locator("#raw-1").text_content()
+    assert final_text.startswith(running_text.rstrip()[:20]) and len(final_text) > len(running_text)
+    usage = page.locator("#usage")
+    assert int(usage.locator("dd").nth(2).text_content()) > 0  # completion tokens
+    assert usage.locator("dd").nth(0).text_content().strip() == "1 / 1"
+    assert page.get_by_role("link", name="Download .md").is_visible()
+    shot(page, "03-image-done-rendered")
+
+    page.get_by_text("Raw text").click()
+    assert page.locator("#page-1 .page__raw").is_visible()
+    assert not page.locator("#page-1 .page__rendered").is_visible()
+    shot(page, "04-image-raw-view")
+
+
+def test_a_three_page_pdf_fills_three_panes(signed_in, server, fake):
+    page = signed_in
+    fake.set_default(tokens=60, token_delay=0.03)
+    upload(page, server, "three.pdf", make_numbered_pdf(3), "application/pdf")
+    assert page.locator("#preview img").count() == 3
+    start(page, server)
+
+    assert page.locator("article.page").count() == 3
+    page.wait_for_function("document.querySelectorAll('.page--running').length >= 2")
+    shot(page, "05-pdf-pages-running")
+    wait_done(page)
+    assert page.locator("article.page--done").count() == 3
+    for number in (1, 2, 3):
+        assert page.locator(f"#page-{number} .page__rendered").text_content().strip()
+        assert page.locator(f"#page-{number} img").evaluate("img => img.complete && img.naturalWidth > 0")
+    shot(page, "06-pdf-done")
+
+
+def test_history_reopens_a_job(signed_in, server, fake):
+    page = signed_in
+    fake.set_default(text="Kept for later: **bold** words.", token_delay=0.01)
+    upload(page, server, "later.png", SAMPLES["short"].render(), "image/png")
+    start(page, server)
+    wait_done(page)
+
+    page.get_by_role("link", name="History").first.click()
+    page.wait_for_url(f"{server.url}/jobs/")
+    shot(page, "07-history")
+    page.get_by_role("link", name="later.png").first.click()
+
+    page.wait_for_url(re.compile(r".*/jobs/[0-9a-f-]{36}/$"))
+    assert page.locator("#page-1 .page__rendered strong").text_content() == "bold"
+    shot(page, "08-history-reopened")
+
+
+def test_an_xss_payload_in_the_ocr_output_is_shown_as_text(signed_in, server, fake):
+    page = signed_in
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    payload = (
+        "# Invoice\n\n<script>window.__xss = 1; alert('xss')</script>\n\n"
+        '<img src=x onerror="window.__xss = 2; alert(2)">\n\n<a href="javascript:alert(3)">click</a>\n'
+    )
+    fake.set_default(text=payload, token_delay=0.005)
+    upload(page, server, "evil.png", SAMPLES["short"].render(), "image/png")
+    start(page, server)
+    wait_done(page)
+
+    rendered = page.locator("#page-1 .page__rendered")
+    assert "<script>window.__xss = 1; alert('xss')</script>" in rendered.text_content()
+    assert page.evaluate("window.__xss") is None
+    rendered.get_by_text("click").click()
+    assert dialogs == []
+    assert page.locator("#page-1 .page__rendered script, #page-1 .page__rendered img").count() == 0
+    shot(page, "09-xss-shown-as-text")
+
+
+def test_a_grounding_result_draws_boxes_over_the_page(signed_in, server, fake):
+    page = signed_in
+    fake.set_default(tokens=150, token_delay=0.005)
+    upload(page, server, "report.png", SAMPLES["english"].render(), "image/png", preset="document")
+    start(page, server)
+    wait_done(page)
+
+    boxes = page.locator("#page-1 svg.boxes g.box")
+    assert boxes.count() >= 3
+    assert "<|ref|>" not in page.locator("#page-1 .page__rendered").text_content()
+    assert page.locator("#page-1 svg.boxes g.box title").first.text_content().startswith("title")
+    boxes.first.hover()
+    shot(page, "10-grounding-boxes")
+
+
+def test_the_interface_speaks_chinese(signed_in, server):
+    page = signed_in
+    page.get_by_role("button", name="简体中文").click()
+    page.wait_for_load_state()
+
+    assert page.locator("html").get_attribute("lang") == "zh-hans"
+    assert page.get_by_role("button", name="开始识别").is_visible()
+    shot(page, "11-upload-in-chinese")
+    page.get_by_role("button", name="English").click()
