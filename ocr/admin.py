@@ -1,4 +1,15 @@
+"""The operators' console for the job ledger: jobs and pages with filters, read-only usage, CSV export."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from ocr.models import OcrJob, OcrPage
 
@@ -10,15 +21,62 @@ USAGE_FIELDS = (
     "input_bytes",
     "usage_estimated",
 )
+CSV_COLUMNS = (
+    "created_at",
+    "id",
+    "owner",
+    "kind",
+    "source",
+    "status",
+    "engine",
+    "model",
+    "page_count",
+    "pages_done",
+    "pages_failed",
+    "input_bytes",
+    "prompt_tokens",
+    "completion_tokens",
+    "prompt_chars",
+    "completion_chars",
+    "usage_estimated",
+    "duration_ms",
+    "deleted_at",
+)
+
+
+def usage_csv(jobs: Iterable[OcrJob], *, filename: str) -> HttpResponse:
+    """The usage ledger rows of ``jobs`` as a CSV download (one row per job)."""
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    writer = csv.writer(response)
+    writer.writerow(CSV_COLUMNS)
+    for job in jobs:
+        row = []
+        for column in CSV_COLUMNS:
+            value = job.owner.get_username() if column == "owner" else getattr(job, column)
+            row.append("" if value is None else (value.isoformat() if hasattr(value, "isoformat") else value))
+        writer.writerow(row)
+    return response
 
 
 class OcrPageInline(admin.TabularInline):
     model = OcrPage
     extra = 0
     can_delete = False
-    fields = ("number", "status", "finish_reason", "prompt_tokens", "completion_tokens", "error_code")
+    fields = (
+        "number",
+        "status",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "completion_chars",
+        "error_code",
+    )
     readonly_fields = fields
     show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(OcrJob)
@@ -26,35 +84,87 @@ class OcrJobAdmin(admin.ModelAdmin):
     list_display = (
         "created_at",
         "owner",
+        "file_name",
         "kind",
         "status",
-        "file_name",
+        "engine",
         "page_count",
         "prompt_tokens",
         "completion_tokens",
-        "engine",
+        "input_bytes",
         "duration_ms",
     )
-    list_filter = ("status", "kind", "engine", "source", "created_at")
-    search_fields = ("file_name", "owner__username", "id", "error_code")
+    list_filter = (
+        "status",
+        "kind",
+        "engine",
+        "source",
+        "created_at",
+        ("owner", admin.RelatedOnlyFieldListFilter),
+        ("deleted_at", admin.EmptyFieldListFilter),
+    )
+    list_select_related = ("owner",)
+    search_fields = ("file_name", "owner__username", "=id", "error_code", "model")
     date_hierarchy = "created_at"
     readonly_fields = (
         *USAGE_FIELDS,
         "id",
+        "owner",
+        "kind",
+        "source",
+        "status",
+        "file_name",
+        "content_type",
+        "upload",
+        "prompt",
+        "engine",
+        "model",
+        "page_count",
+        "pages_done",
+        "pages_failed",
         "created_at",
         "finished_at",
         "duration_ms",
         "first_delta_ms",
+        "error_code",
+        "error_message",
         "worker",
+        "live_seq",
+        "deleted_at",
     )
-    raw_id_fields = ("owner",)
+    fieldsets = (
+        (None, {"fields": ("id", "owner", "file_name", "kind", "source", "status", "created_at", "finished_at")}),
+        (_("Request"), {"fields": ("content_type", "upload", "prompt", "engine", "model", "worker")}),
+        (_("Usage"), {"fields": (*USAGE_FIELDS, "page_count", "pages_done", "pages_failed")}),
+        (_("Timing and errors"), {"fields": ("duration_ms", "first_delta_ms", "error_code", "error_message")}),
+        (_("Live state"), {"fields": ("live_seq", "deleted_at"), "classes": ("collapse",)}),
+    )
     inlines = [OcrPageInline]
+    actions = ["export_usage_csv"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # jobs are created by uploads, never by hand
+
+    @admin.action(description=_("Export the usage of the selected jobs as CSV"))
+    def export_usage_csv(self, request: HttpRequest, queryset: QuerySet[OcrJob]) -> HttpResponse:
+        jobs = queryset.select_related("owner").order_by("created_at")
+        return usage_csv(jobs.iterator(), filename=f"ocr-usage-{timezone.localdate():%Y%m%d}.csv")
 
 
 @admin.register(OcrPage)
 class OcrPageAdmin(admin.ModelAdmin):
-    list_display = ("job", "number", "status", "finish_reason", "prompt_tokens", "completion_tokens")
-    list_filter = ("status", "finish_reason")
-    search_fields = ("job__id", "job__file_name", "text")
-    readonly_fields = ("prompt_tokens", "completion_tokens", "completion_chars", "usage_estimated")
-    raw_id_fields = ("job",)
+    list_display = ("job", "number", "status", "finish_reason", "prompt_tokens", "completion_tokens", "duration_ms")
+    list_filter = (
+        "status",
+        "finish_reason",
+        "job__kind",
+        "job__engine",
+        "job__created_at",
+        ("job__owner", admin.RelatedOnlyFieldListFilter),
+    )
+    list_select_related = ("job",)
+    search_fields = ("=job__id", "job__file_name", "job__owner__username", "error_code")
+    readonly_fields = tuple(field.name for field in OcrPage._meta.fields)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
