@@ -11,8 +11,9 @@ import django
 # Populates the app registry; must run before anything imports models.
 django.setup(set_prefix=False)
 
-from myocr.handler import PooledThreadsASGIHandler  # noqa: E402
+from myocr.handler import PooledThreadsASGIHandler, skip_twisted_form_parsing  # noqa: E402
 
+skip_twisted_form_parsing()
 django_application = PooledThreadsASGIHandler()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402

@@ -36,3 +36,26 @@ class PooledThreadsASGIHandler(ASGIHandler):
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         async with ThreadSensitiveContext(executor=next(self._next)):
             await self.handle(scope, receive, send)
+
+
+def skip_twisted_form_parsing() -> None:
+    """Stop Twisted from parsing every multipart body a second time.
+
+    Twisted's ``Request`` decodes ``multipart/form-data`` bodies into ``request.args`` with the ``email`` module
+    before Daphne sees the request: a full in-memory copy and parse of every upload (seconds and several copies
+    for a 50 MB PDF) whose result Daphne never reads. Django parses the body itself.
+    """
+    try:
+        from daphne.http_protocol import WebRequest
+    except ImportError:
+        return
+    if getattr(WebRequest, "_myocr_no_form_parsing", False):
+        return
+    original_init = WebRequest.__init__
+
+    def __init__(self, *args, **kwargs) -> None:
+        original_init(self, *args, **kwargs)
+        self._parsePOSTFormSubmission = False
+
+    WebRequest.__init__ = __init__
+    WebRequest._myocr_no_form_parsing = True
