@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -96,7 +97,8 @@ class Process:
         self.log_path = Path(tempfile.gettempdir()) / f"myocr-bench-{log_name}-{os.getpid()}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
-        self.ready_after = 0.0
+        self.answered_after = 0.0  # first HTTP answer of any status
+        self.ready_after = 0.0  # first 200 from ready_url
 
     @property
     def pid(self) -> int:
@@ -113,9 +115,13 @@ class Process:
                 raise RuntimeError(f"{self.args[:3]} exited:\n{self.log_path.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(self.ready_url, timeout=1) as response:
+                    self.answered_after = self.answered_after or time.monotonic() - self.started_at
                     if response.status == 200:
                         self.ready_after = time.monotonic() - self.started_at
                         return self
+            except urllib.error.HTTPError:  # answering, not ready yet (e.g. 503 while warming up)
+                self.answered_after = self.answered_after or time.monotonic() - self.started_at
+                time.sleep(0.01)
             except OSError:
                 time.sleep(0.01)
         raise TimeoutError(f"{self.args[:3]} not ready:\n{self.log_path.read_text()[-3000:]}")

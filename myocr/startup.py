@@ -1,4 +1,4 @@
-"""Work a server process does once at start, off the request path."""
+"""Work a server process does once at start, off the request path, and the readiness it reports."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import threading
 
 logger = logging.getLogger(__name__)
 _started = False
+#: Set once the OCR engine is warm (or warming up failed or is turned off): ``/healthz`` answers 200 from then.
+engine_ready = threading.Event()
 
 
 def start_background_tasks() -> None:
@@ -20,6 +22,8 @@ def start_background_tasks() -> None:
 
     if ocr_config().warmup:
         threading.Thread(target=_warm_up, name="ocr-warmup", daemon=True).start()
+    else:
+        engine_ready.set()
 
 
 def _warm_up() -> None:
@@ -31,3 +35,5 @@ def _warm_up() -> None:
         logger.info("OCR engine %s (%s) is warm", engine.name, engine.model)
     except Exception:
         logger.exception("OCR engine warm-up failed; the first request will try again")
+    finally:
+        engine_ready.set()

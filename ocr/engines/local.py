@@ -103,9 +103,11 @@ class LocalEngine(Engine):
         )
 
     async def warm_up(self) -> None:
-        """Load the models by recognising a small rendered line (a blank image would skip recognition)."""
-        image = Image.new("RGB", (320, 64), "white")
-        ImageDraw.Draw(image).text((10, 16), "Warm up 123", fill="black", font=ImageFont.load_default(28))
+        """Load the models by recognising a small page with a line of text (a blank image would skip
+        recognition). A page-shaped image: RapidOCR scales the short side up to 736 px, so a thin strip would
+        become a huge image."""
+        image = Image.new("RGB", (480, 360), "white")
+        ImageDraw.Draw(image).text((24, 160), "Warm up 123", fill="black", font=ImageFont.load_default(28))
         await asyncio.get_running_loop().run_in_executor(self._threads, self.read_lines, image)
 
 
