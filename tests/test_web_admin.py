@@ -40,7 +40,7 @@ def test_users_list_shows_usage_totals_sortable_by_tokens(admin_client, alice, b
     by_name = {user.username: user for user in rows}
     assert by_name["alice"].job_count == 2 and by_name["alice"].page_total == 3
     assert by_name["alice"].completion_token_total == 40 and by_name["bob"].completion_token_total == 20
-    assert [user.username for user in rows][0] == "alice"
+    assert rows[0].username == "alice"
     assert f"/admin/ocr/ocrjob/?owner__id__exact={alice.pk}" in response.content.decode()
 
 
@@ -99,7 +99,7 @@ def test_admin_index_shows_totals_for_today_and_the_last_7_days(admin_client, al
     content = admin_client.get("/admin/").content.decode()
 
     summary = content[content.index('id="ocr-usage-summary"') :]
-    today, week = summary.split("<tr><th scope=\"row\">")[1:3]
+    today, week = summary.split('<tr><th scope="row">')[1:3]
     assert today.split("<td>")[1].startswith("1<") and week.split("<td>")[1].startswith("2<")
 
 
