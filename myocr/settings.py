@@ -94,7 +94,13 @@ TEMPLATES = [
 # --- Database ---------------------------------------------------------------------------------------------
 
 DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'myocr.sqlite3'}"
-_database = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0, minimum=0))
+# Connections are kept: requests' synchronous work runs on a few long-lived threads (myocr/handler.py), so a
+# connection per thread is reused instead of being opened for every request.
+_database = dj_database_url.parse(
+    DATABASE_URL,
+    conn_max_age=env_int("DB_CONN_MAX_AGE", 300, minimum=0),
+    conn_health_checks=True,
+)
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     Path(_database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # WAL lets readers run beside the single writer; IMMEDIATE transactions take the write lock up front so

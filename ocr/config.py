@@ -56,7 +56,9 @@ def ocr_config() -> OcrConfig:
     engine = resolve_engine_name(settings.OCR_ENGINE, settings.LLM_BASE_URL)
     cores = os.cpu_count() or 1
     local_threads = settings.OCR_LOCAL_THREADS or cores
-    default_concurrency = local_threads if engine == "local" else 64
+    # vLLM schedules its own batch (256 sequences by default) and queues the rest; the limit only protects it
+    # from a flood.
+    default_concurrency = local_threads if engine == "local" else 256
     return OcrConfig(
         engine=engine,
         llm_base_url=settings.LLM_BASE_URL,

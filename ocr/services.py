@@ -112,27 +112,48 @@ def _create_job(
 job_create = sync_to_async(_create_job)
 
 
+PAGE_RECORD_FIELDS = [
+    "status",
+    "text",
+    "prompt_tokens",
+    "completion_tokens",
+    "completion_chars",
+    "usage_estimated",
+    "finish_reason",
+    "error_code",
+    "error_message",
+    "width",
+    "height",
+    "layout",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+]
+
+
 def _record_page(*, job_id: object, outcome: PageOutcome) -> None:
-    OcrPage.objects.update_or_create(
+    """Write a finished page: one INSERT … ON CONFLICT UPDATE (a live job may already have a running row)."""
+    page = OcrPage(
         job_id=job_id,
         number=outcome.number,
-        defaults={
-            "status": outcome.status,
-            "text": outcome.text,
-            "prompt_tokens": outcome.prompt_tokens,
-            "completion_tokens": outcome.completion_tokens,
-            "completion_chars": outcome.completion_chars,
-            "usage_estimated": outcome.estimated,
-            "finish_reason": outcome.finish_reason,
-            "error_code": outcome.error_code,
-            "error_message": outcome.error_message,
-            "width": outcome.width,
-            "height": outcome.height,
-            "layout": outcome.layout,
-            "started_at": outcome.started_at,
-            "finished_at": outcome.finished_at,
-            "duration_ms": outcome.duration_ms,
-        },
+        status=outcome.status,
+        text=outcome.text,
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        completion_chars=outcome.completion_chars,
+        usage_estimated=outcome.estimated,
+        finish_reason=outcome.finish_reason,
+        error_code=outcome.error_code,
+        error_message=outcome.error_message,
+        width=outcome.width,
+        height=outcome.height,
+        layout=outcome.layout,
+        started_at=outcome.started_at,
+        finished_at=outcome.finished_at,
+        duration_ms=outcome.duration_ms,
+    )
+    OcrPage.objects.bulk_create(
+        [page], update_conflicts=True, unique_fields=["job", "number"], update_fields=PAGE_RECORD_FIELDS
     )
 
 
