@@ -34,7 +34,7 @@ from ocr.errors import (
 logger = logging.getLogger(__name__)
 
 RETRY_DELAYS = (0.25, 1.0)  # before the first token only: the request never reached the GPU
-READ_INTERVAL = 0.02  # seconds between reads of a busy stream
+READ_INTERVAL = 0.04  # seconds between reads of a busy stream
 
 
 class SseStream:
