@@ -1,0 +1,156 @@
+"""Small pieces with their own contracts: settings readers, intake helpers, the upload guard, readiness,
+the management command and the migrations."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+
+from myocr import env
+from myocr.upload_limit import UploadLimitMiddleware
+from ocr import intake
+from testing.documents import SAMPLES, make_pdf
+
+from .contract import assert_contract
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("52428800", 52428800), ("50M", 50 * 1024**2), ("1.5G", int(1.5 * 1024**3)), ("64k", 65536)]
+)
+def test_sizes_accept_plain_bytes_and_suffixes(monkeypatch, raw, expected):
+    monkeypatch.setenv("SIZE", raw)
+
+    assert env.env_bytes("SIZE", 1) == expected
+
+
+@pytest.mark.parametrize(
+    ("reader", "raw"),
+    [
+        (lambda: env.env_bool("VALUE", True), "maybe"),
+        (lambda: env.env_int("VALUE", 1), "ten"),
+        (lambda: env.env_int("VALUE", 1, minimum=2), "1"),
+        (lambda: env.env_bytes("VALUE", 1), "lots"),
+        (lambda: env.env_choice("VALUE", "a", ("a", "b")), "c"),
+    ],
+)
+def test_a_wrong_setting_fails_loudly_with_its_name(monkeypatch, reader, raw):
+    monkeypatch.setenv("VALUE", raw)
+
+    with pytest.raises(ImproperlyConfigured, match="VALUE"):
+        reader()
+
+
+def test_dotenv_does_not_override_the_environment(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("# comment\nFROM_FILE='yes'\nexport ALREADY=file\n", encoding="utf-8")
+    monkeypatch.setenv("ALREADY", "environment")
+    monkeypatch.delenv("FROM_FILE", raising=False)
+
+    env.load_dotenv(tmp_path / ".env")
+
+    import os
+
+    assert os.environ["FROM_FILE"] == "yes"
+    assert os.environ["ALREADY"] == "environment"
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"\x89PNG\r\n\x1a\n....", "image/png"),
+        (b"\xff\xd8\xff\xe0", "image/jpeg"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"),
+        (b"GIF89a", "image/gif"),
+        (b"%PDF-1.7", "application/pdf"),
+        (b"\r\n%PDF-1.4", "application/pdf"),
+        (b"<svg xmlns=", None),
+        (b"PK\x03\x04", None),
+    ],
+)
+def test_types_are_sniffed_from_the_bytes(head, expected):
+    assert intake.sniff(head) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\x\\scan.png", "scan.png"),
+        ("a\x00b\nc.png", "abc.png"),
+        ("", "upload"),
+    ],
+)
+def test_file_names_lose_directories_and_control_characters(name, expected):
+    assert intake.clean_file_name(name) == expected
+
+
+def test_render_scale_honours_the_dpi_and_caps_the_pixels():
+    a4 = (595.0, 842.0)
+    assert intake.render_scale(*a4, 144, 10_000_000) == 2.0
+    capped = intake.render_scale(14400.0, 14400.0, 144, 6_000_000)
+    assert (14400 * capped) ** 2 <= 6_000_000 * 1.0001
+
+
+async def test_the_upload_guard_answers_from_the_headers_without_calling_the_app():
+    called = []
+
+    async def app(scope, receive, send):
+        called.append(scope["path"])
+
+    guard = UploadLimitMiddleware(app, paths=("/api/ocr/",), max_bytes=lambda: 1000)
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        raise AssertionError("the body must not be read")
+
+    scope = {"type": "http", "method": "POST", "path": "/api/ocr/pdf", "headers": [(b"content-length", b"999999")]}
+    await guard(scope, receive, send)
+
+    assert called == []
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"])["error"]["code"] == "file_too_large"
+
+    await guard({**scope, "headers": [(b"content-length", b"10")]}, receive, send)
+    assert called == ["/api/ocr/pdf"]
+
+
+async def test_healthz_reports_starting_until_the_engine_is_warm(monkeypatch, transactional_db):
+    from django.test import AsyncClient
+
+    from myocr import startup
+
+    monkeypatch.setattr(startup, "engine_ready", type(startup.engine_ready)())
+    response = await AsyncClient().get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "starting"
+
+    startup.engine_ready.set()
+    response = await AsyncClient().get("/healthz")
+    assert response.status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("local_engine")
+def test_the_ocr_command_prints_the_api_frames(tmp_path: Path, capsysbinary):
+    pdf = tmp_path / "two.pdf"
+    pdf.write_bytes(make_pdf([list(SAMPLES["short"].lines), ["The second page."]]))
+
+    call_command("ocr", str(pdf))
+
+    frames = [json.loads(line) for line in capsysbinary.readouterr().out.decode().splitlines()]
+    end = assert_contract(frames, "pdf")
+    assert end["status"] == "done"
+    assert "second page" in "".join(f["delta"] for f in frames if f["type"] == "page_delta" and f["page"] == 2)
+
+
+@pytest.mark.django_db
+def test_models_and_migrations_agree():
+    out = io.StringIO()
+    call_command("makemigrations", "--check", "--dry-run", stdout=out)
