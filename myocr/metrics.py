@@ -4,7 +4,8 @@
 thread hops per request under ASGI) and stop their clock when the view *returns* a streaming response, before
 its first byte is sent. This one is async- and sync-capable, wraps a streaming body in a generator of the same
 kind and records duration, status and bytes in that generator's ``finally``: when the last byte has gone, or
-when the client went away. Labels are the route pattern (``/api/jobs/{job_id}``), never the raw path.
+when the client went away. Labels are the route pattern (``/api/jobs/{job_id}``), never the raw path. Server-Sent
+Events streams, open as long as a browser tab is, are timed in their own histogram.
 
 ``metrics_view`` serves the Prometheus text format at ``/metrics`` and ``/api/metrics``, optionally behind a
 bearer token (``METRICS_TOKEN``) and/or a client address allow-list (``METRICS_ALLOWED_IPS``). With
@@ -67,6 +68,12 @@ HTTP_FIRST_BYTE = Histogram(
 HTTP_RESPONSE_BYTES = Counter(
     "http_response_bytes", "Bytes of response bodies sent, by method and route pattern.", ["method", "path"]
 )
+HTTP_EVENT_STREAMS = Histogram(
+    "http_event_stream_duration_seconds",
+    "Server-Sent Events responses (text/event-stream): how long the browser stayed connected.",
+    ["path"],
+    buckets=(1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400),
+)
 HTTP_IN_FLIGHT = Gauge(
     "http_in_flight_requests", "HTTP requests being answered now (streams included).", multiprocess_mode="livesum"
 )
@@ -83,7 +90,7 @@ def route_label(route: str) -> str:
 class _Exchange:
     """One request's bookkeeping; ``finish`` records it once, whichever path gets there first."""
 
-    __slots__ = ("done", "method", "request", "started", "status")
+    __slots__ = ("done", "event_stream", "method", "request", "started", "status")
 
     def __init__(self, request: HttpRequest) -> None:
         self.request = request
@@ -91,6 +98,7 @@ class _Exchange:
         self.started = time.perf_counter()
         self.status = "499"  # the client went away before there was a response
         self.done = False
+        self.event_stream = False
         HTTP_IN_FLIGHT.inc()
 
     def path(self) -> str:
@@ -112,7 +120,12 @@ class _Exchange:
         self.done = True
         HTTP_IN_FLIGHT.dec()
         path = self.path()
-        HTTP_DURATION.labels(self.method, path).observe(time.perf_counter() - self.started)
+        elapsed = time.perf_counter() - self.started
+        if self.event_stream:
+            # A browser's live page stays open for minutes or hours: that would drown the request latencies.
+            HTTP_EVENT_STREAMS.labels(path).observe(elapsed)
+        else:
+            HTTP_DURATION.labels(self.method, path).observe(elapsed)
         HTTP_REQUESTS.labels(self.method, path, self.status).inc()
         if sent_bytes:
             HTTP_RESPONSE_BYTES.labels(self.method, path).inc(sent_bytes)
@@ -126,6 +139,7 @@ def _measure(exchange: _Exchange, response: HttpResponse) -> HttpResponse:
     if not response.streaming:
         exchange.finish(len(response.content))
         return response
+    exchange.event_stream = response.get("Content-Type", "").startswith("text/event-stream")
     if response.is_async:
         response.streaming_content = _async_body(exchange, response.streaming_content)
     else:

@@ -18,8 +18,9 @@ so every batch published after the snapshot is either received or detectably mis
   arrives, asks the runner to flush now, and on the ``live.flushed`` that covers the gap re-reads the stored
   pages, sends them, and replays the buffered batches past the new snapshot. Nothing ever re-runs the engine;
 - a finished job is replayed from the database and the feed ends; so does a job that ends while followed;
-- while nothing arrives, the feed re-reads the job every ``poll`` seconds: pages finished by a job without a live
-  runner (an API job opened in the browser) still appear, and a job that ended unseen still ends the stream.
+- while nothing arrives, the feed re-reads the job every ``poll`` seconds and yields an empty batch (the SSE view
+  sends a keep-alive comment): pages finished by a job without a live runner (an API job opened in the browser)
+  still appear, and a job that ended unseen still ends the stream.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class LiveJob:
             helpers.append(asyncio.create_task(self._flush_periodically(), name=f"ocr-live-flush-{self.job_id}"))
             self._started = True
             if self._cancel_requested:
+                await self.run.document.aclose()
                 return
             async with aclosing(self.run.batches()) as batches:
                 async for batch in batches:
@@ -304,11 +306,11 @@ async def follow_job(job_id: uuid.UUID, *, since: int | None, poll: float = 10.0
                 ended = {
                     page.number: page
                     for page in pages
-                    if page.status != PageStatus.RUNNING and page.number not in sent_final
+                    if page.status != PageStatus.RUNNING and page.number not in sent_final and not buffered
                 }
-                if ended and not buffered:
-                    sent_final.update(ended)
-                    yield Batch(client, [], ended)
+                sent_final.update(ended)
+                # Also a keep-alive: an empty batch becomes an SSE comment, and writing to a vanished client fails.
+                yield Batch(client, [], ended)
                 continue
             kind = message.get("type")
             if kind == "live.batch":

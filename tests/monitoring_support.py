@@ -194,6 +194,7 @@ def loopback_prometheus_config(
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = scrape_interval
     config["global"]["evaluation_interval"] = scrape_interval
+    config["global"]["scrape_timeout"] = scrape_interval
     config["rule_files"] = [str(MONITORING / name) for name in config.get("rule_files", [])]
     targets = {"my-ocr-api": api_target, "vllm-engine": engine_target, "prometheus": prometheus_target}
     for job in config["scrape_configs"]:

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.http import StreamingHttpResponse
 from django.test import AsyncClient, Client, RequestFactory
+from django.urls import path
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -152,6 +154,30 @@ async def test_stream_duration_is_recorded_at_the_last_byte(api: Any, fake_vllm:
     assert value("http_in_flight_requests") == in_flight_during - 1
     processing = meter.delta("ocr_processing_seconds_sum", kind="image")  # from the job's start
     assert 0.9 * (elapsed - returned) <= processing <= elapsed
+
+
+async def _event_stream(request: Any, number: int) -> StreamingHttpResponse:
+    async def events() -> Any:
+        yield b": hello\n\n"
+        await asyncio.sleep(0.3)
+        yield b"data: bye\n\n"
+
+    return StreamingHttpResponse(events(), content_type="text/event-stream")
+
+
+urlpatterns = [path("test/events/<int:number>", _event_stream)]
+
+
+@pytest.mark.urls("tests.test_metrics")
+async def test_event_streams_are_timed_apart_from_request_latency() -> None:
+    meter = Meter()
+    response = await AsyncClient().get("/test/events/7")
+    assert b"".join([chunk async for chunk in response.streaming_content]).endswith(b"bye\n\n")
+    path_label = "/test/events/{number}"
+    assert meter.delta("http_event_stream_duration_seconds_count", path=path_label) == 1
+    assert meter.delta("http_event_stream_duration_seconds_sum", path=path_label) >= 0.3
+    assert meter.delta("http_request_duration_seconds_count", method="GET", path=path_label) == 0
+    assert meter.delta("http_requests_total", method="GET", path=path_label, status="200") == 1
 
 
 # --- OCR metrics ------------------------------------------------------------------------------------------

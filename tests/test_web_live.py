@@ -255,3 +255,28 @@ async def test_a_gap_in_the_live_events_is_filled_from_the_database_and_nothing_
     assert isinstance(final, Snapshot) and final.final
     with pytest.raises(StopAsyncIteration):
         await anext(follower)
+
+
+async def test_an_idle_stream_sends_keep_alives_and_shows_pages_finished_without_a_live_runner(alice, settings):
+    """An API job opened in the browser has no live events: the stream re-reads it and ends when it does."""
+    settings.OCR_LIVE_POLL_SECONDS = 0.1
+    job = await OcrJob.objects.acreate(
+        owner=alice, kind="pdf", file_name="api.pdf", content_type="application/pdf", engine="openai", page_count=2
+    )
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    response = await client.get(f"/jobs/{job.pk}/events")
+    stream = aiter(response.streaming_content)
+    assert b": connected" in await anext(stream)
+    assert b'id="page-1"' in await anext(stream)  # the snapshot
+
+    assert await anext(stream) == b": ping\n\n"
+    await OcrPage.objects.acreate(job=job, number=1, status="done", text="first page")
+    chunk = await anext(stream)
+    while chunk == b": ping\n\n":
+        chunk = await anext(stream)
+    assert b"first page" in chunk and b'id="page-2"' not in chunk
+
+    await OcrJob.objects.filter(pk=job.pk).aupdate(status="done")
+    rest = b"".join([chunk async for chunk in stream])
+    assert rest.endswith(b"event: close\ndata: \n\n")

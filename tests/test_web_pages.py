@@ -166,6 +166,7 @@ def test_a_running_job_page_connects_to_its_stream_and_offers_cancel(alice, alic
     assert "partial te" in content
     assert f'action="/jobs/{job.pk}/cancel"' in content
     assert 'class="button no-js-only" href' in content  # a refresh link for browsers without JS
+    assert '<noscript><meta http-equiv="refresh" content="5"></noscript>' in content
 
 
 OTHERS = [
