@@ -52,6 +52,11 @@ class Run:
         return len(self.results) - len(self.ok)
 
     def ttff(self, q: float) -> float:
+        """Time to the first frame (the app's ``start``; the engine's role chunk)."""
+        return percentile([r.first_frame - r.started for r in self.ok if r.first_frame], q)
+
+    def ttft(self, q: float) -> float:
+        """Time to the first text (the app's first ``delta``; the engine's first content)."""
         return percentile([r.first_delta - r.started for r in self.ok if r.first_delta], q)
 
     def latency(self, q: float) -> float:
@@ -66,6 +71,7 @@ class Run:
         return (
             f"wall {self.wall:.2f} s, {len(self.results) / self.wall:.1f} req/s, "
             f"TTFF p50/p95 {self.ttff(50) * 1000:.0f}/{self.ttff(95) * 1000:.0f} ms, "
+            f"first text p50/p95 {self.ttft(50) * 1000:.0f}/{self.ttft(95) * 1000:.0f} ms, "
             f"latency p50/p95/p99 {self.latency(50):.2f}/{self.latency(95):.2f}/{self.latency(99):.2f} s, "
             f"errors {self.errors}, server CPU {self.server_cpu:.2f} s ({per_delta:.0f} µs/delta), "
             f"peak RSS {mb(self.peak_rss)}"
@@ -134,7 +140,7 @@ def run(concurrencies: list[int], per_client: int) -> list[tuple[Run, Run]]:
                     "/v1/chat/completions",
                     body=body,
                     content_type="application/json",
-                    delta_marker=b'"content":"',
+                    delta_marker=b'"delta":{"content":"',
                 )
                 if result.status == 200 and result.deltas:
                     result.end = {"type": "end"}  # the baseline's stream ends with [DONE], not an end frame
