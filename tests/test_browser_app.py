@@ -36,17 +36,27 @@ def close_thread_connections():
     return
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
+@pytest.fixture(scope="module")
+def chromium():
+    """One Chromium for this module. Playwright is stopped at the end of the module: while it runs, its event loop
+    occupies this thread, which the async tests of other modules need."""
     path = chromium_path()
     if path is None:
         pytest.skip("Debian's chromium is not installed (make system-deps installs it)")
-    return {**browser_type_launch_args, "executable_path": path}
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, headless=True)
+        yield browser
+        browser.close()
 
 
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args):
-    return {**browser_context_args, "viewport": {"width": 1280, "height": 900}, "locale": "en-GB"}
+@pytest.fixture
+def page(chromium):
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB")
+    page = context.new_page()
+    yield page
+    context.close()
 
 
 @pytest.fixture(scope="module")
