@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from testing.documents import SAMPLES, make_numbered_pdf
 
@@ -126,10 +127,8 @@ def test_upload_an_image_and_watch_the_text_stream_in(signed_in, server, fake):
     start(page, server)
 
     # An intermediate state: text is on the page while the job is still running.
-    page.wait_for_function(
-        "document.querySelector('#raw-1').textContent.length > 20"
-        " && document.querySelector('[data-job-status]').dataset.jobStatus === 'running'"
-    )
+    expect(page.locator("#raw-1")).to_have_text(re.compile(r"[\s\S]{20,}"))
+    assert page.locator("[data-job-status]").get_attribute("data-job-status") == "running"
     running_text = page.locator("#raw-1").text_content()
     shot(page, "02-image-streaming")
 
@@ -157,7 +156,7 @@ def test_a_three_page_pdf_fills_three_panes(signed_in, server, fake):
     start(page, server)
 
     assert page.locator("article.page").count() == 3
-    page.wait_for_function("document.querySelectorAll('.page--running').length >= 2")
+    page.locator(".page--running").nth(1).wait_for()  # pages run in parallel
     shot(page, "05-pdf-pages-running")
     wait_done(page)
     assert page.locator("article.page--done").count() == 3
@@ -230,3 +229,25 @@ def test_the_interface_speaks_chinese(signed_in, server):
     assert page.get_by_role("button", name="开始识别").is_visible()
     shot(page, "11-upload-in-chinese")
     page.get_by_role("button", name="English").click()
+
+
+def test_usage_chart_and_api_tokens(signed_in, server):
+    page = signed_in
+    page.get_by_role("link", name="Usage").click()
+    page.wait_for_url(f"{server.url}/usage/")
+    assert page.locator("svg.chart__svg rect.chart__completion").count() == 30
+    shot(page, "12-usage")
+
+    page.get_by_role("link", name="API tokens").click()
+    page.get_by_label("Token name").fill("laptop")
+    page.get_by_role("button", name="Create token").click()
+    secret = page.locator("#new-token").text_content()
+    assert secret.startswith("mocr_")
+    shot(page, "13-token-created")
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    row = page.locator("tr", has_text="laptop")
+    row.get_by_role("button", name="Revoke").click()
+    row.get_by_text("Revoked").wait_for()
+    assert page.url.endswith("/accounts/tokens/")  # htmx swapped the row in place
+    shot(page, "14-token-revoked")
