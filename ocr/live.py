@@ -129,7 +129,6 @@ class LiveJob:
             helpers.append(asyncio.create_task(self._flush_periodically(), name=f"ocr-live-flush-{self.job_id}"))
             self._started = True
             if self._cancel_requested:
-                await self.run.document.aclose()
                 return
             async with aclosing(self.run.batches()) as batches:
                 async for batch in batches:
@@ -147,6 +146,9 @@ class LiveJob:
             for helper in helpers:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await helper
+            if not self.run.started:  # cancelled before the pipeline, which would have closed it, began
+                with contextlib.suppress(Exception):
+                    await self.run.document.aclose()
             await self._close()
             if control is not None:
                 with contextlib.suppress(Exception):

@@ -280,3 +280,42 @@ async def test_an_idle_stream_sends_keep_alives_and_shows_pages_finished_without
     await OcrJob.objects.filter(pk=job.pk).aupdate(status="done")
     rest = b"".join([chunk async for chunk in stream])
     assert rest.endswith(b"event: close\ndata: \n\n")
+
+
+async def test_a_job_cancelled_before_its_pipeline_started_is_closed_and_its_followers_told(alice):
+    from ocr.live import job_group, request_cancel, start_live_job
+
+    class Document:
+        page_count = 1
+        closed = False
+
+        async def aclose(self):
+            Document.closed = True
+
+    class Run:
+        started = False
+        document = Document()
+
+        def __init__(self, job):
+            self.job = job
+
+        def batches(self):
+            raise AssertionError("the pipeline must not start")
+
+    job = await OcrJob.objects.acreate(
+        owner=alice, kind="image", file_name="a.png", content_type="image/png", engine="openai"
+    )
+    layer = get_channel_layer()
+    follower = await layer.new_channel()
+    await layer.group_add(job_group(job.pk), follower)
+    task = start_live_job(Run(job))
+    await request_cancel(job.pk)  # the Cancel button, before the task ran at all
+
+    done, _pending = await asyncio.wait({task}, timeout=10)
+
+    assert done
+    await job.arefresh_from_db()
+    assert job.status == "cancelled" and job.error_code == "cancelled"
+    assert Document.closed
+    message = await layer.receive(follower)
+    assert message["events"] == [{"type": "end", "status": "cancelled"}]
