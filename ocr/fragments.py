@@ -211,14 +211,3 @@ class LiveRenderer:
     def _usage(self) -> str:
         usage = usage_view(self.job, list(self.pages.values()), live_chars=self.live_chars)
         return oob(render_part("usage", self._context(usage=usage)))
-
-
-def sse_event(data: str, *, event: str = "update", event_id: int | None = None) -> bytes:
-    """One Server-Sent Event; multi-line data become several ``data:`` lines, as the format requires."""
-    lines = []
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    lines.append(f"event: {event}")
-    text = data.replace("\r\n", "\n").replace("\r", "\n")
-    lines.extend(f"data: {line}" for line in text.split("\n"))
-    return ("\n".join(lines) + "\n\n").encode("utf-8")

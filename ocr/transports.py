@@ -84,3 +84,17 @@ async def ndjson_stream(batches: AsyncIterator[list[Event]], kind: str) -> Async
             chunk = encode_ndjson(batch, kind)
             if chunk:
                 yield chunk
+
+
+def sse_event(data: str, *, event: str = "update", event_id: int | None = None) -> bytes:
+    """One Server-Sent Event (the browser's transport; its data are HTML fragments, see ``ocr.fragments``).
+
+    Multi-line data become several ``data:`` lines, as the format requires; ``event_id`` is what the browser sends
+    back as ``Last-Event-ID`` when it reconnects."""
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append(f"event: {event}")
+    text = data.replace("\r\n", "\n").replace("\r", "\n")
+    lines.extend(f"data: {line}" for line in text.split("\n"))
+    return ("\n".join(lines) + "\n\n").encode("utf-8")

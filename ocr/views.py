@@ -41,12 +41,13 @@ from ocr import engines, intake, selectors
 from ocr.config import ocr_config
 from ocr.errors import OcrError
 from ocr.forms import PRESETS, UploadForm
-from ocr.fragments import LiveRenderer, page_view, sse_event, usage_view
+from ocr.fragments import LiveRenderer, page_view, usage_view
 from ocr.live import follow_job, request_cancel, start_live_job
 from ocr.models import JobSource, OcrJob
 from ocr.pipeline import JobRun
 from ocr.rendering import render_page
 from ocr.services import job_create, job_delete
+from ocr.transports import sse_event
 
 PAGE_SIZE = 20
 THUMBNAIL_PAGES = 4
