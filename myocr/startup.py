@@ -8,25 +8,29 @@ import threading
 
 logger = logging.getLogger(__name__)
 _started = False
-#: Set once the OCR engine is warm (or warming up failed or is turned off): ``/healthz`` answers 200 from then.
-engine_ready = threading.Event()
+#: Set once a warm-up that was started has finished (or failed). No warm-up started means nothing to wait for.
+warm_up_done: threading.Event | None = None
+
+
+def is_ready() -> bool:
+    """Whether the process is ready for OCR work: ``/healthz`` answers 503 until then."""
+    return warm_up_done is None or warm_up_done.is_set()
 
 
 def start_background_tasks() -> None:
     """Warm the OCR engine up in a background thread, so the first request does not pay for model loading."""
-    global _started
+    global _started, warm_up_done
     if _started:
         return
     _started = True
     from ocr.config import ocr_config
 
     if ocr_config().warmup:
-        threading.Thread(target=_warm_up, name="ocr-warmup", daemon=True).start()
-    else:
-        engine_ready.set()
+        warm_up_done = threading.Event()
+        threading.Thread(target=_warm_up, args=(warm_up_done,), name="ocr-warmup", daemon=True).start()
 
 
-def _warm_up() -> None:
+def _warm_up(done: threading.Event) -> None:
     from ocr.engines import get_engine
 
     try:
@@ -36,4 +40,4 @@ def _warm_up() -> None:
     except Exception:
         logger.exception("OCR engine warm-up failed; the first request will try again")
     finally:
-        engine_ready.set()
+        done.set()

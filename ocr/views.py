@@ -36,7 +36,7 @@ from django.views.decorators.http import require_GET, require_POST
 from PIL import Image
 
 from accounts.decorators import page_owner_required
-from myocr.startup import engine_ready
+from myocr import startup
 from ocr import engines, intake, selectors
 from ocr.config import ocr_config
 from ocr.errors import OcrError
@@ -60,7 +60,7 @@ async def healthz(request: HttpRequest) -> HttpResponse:
     """Readiness for load balancers and compose health checks: 200 once the OCR engine is warm, 503 while
     it is still loading (the embedded engine's models take a second or two after start)."""
     config = ocr_config()
-    if not engine_ready.is_set():
+    if not startup.is_ready():
         return JsonResponse({"status": "starting", "engine": config.engine}, status=503)
     return JsonResponse({"status": "ok", "engine": config.engine})
 

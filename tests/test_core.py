@@ -122,16 +122,19 @@ async def test_the_upload_guard_answers_from_the_headers_without_calling_the_app
 
 
 async def test_healthz_reports_starting_until_the_engine_is_warm(monkeypatch, transactional_db):
+    import threading
+
     from django.test import AsyncClient
 
     from myocr import startup
 
-    monkeypatch.setattr(startup, "engine_ready", type(startup.engine_ready)())
+    warming = threading.Event()
+    monkeypatch.setattr(startup, "warm_up_done", warming)
     response = await AsyncClient().get("/healthz")
     assert response.status_code == 503
     assert response.json()["status"] == "starting"
 
-    startup.engine_ready.set()
+    warming.set()
     response = await AsyncClient().get("/healthz")
     assert response.status_code == 200
 
