@@ -53,7 +53,6 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "template_partials",
-    "django_prometheus",
     "accounts",
     "ocr",
 ]
