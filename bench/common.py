@@ -7,6 +7,7 @@ ratios mean something.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -34,29 +35,58 @@ def free_port() -> int:
 # --- /proc readings ---------------------------------------------------------------------------------------
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the workers of a multi-process server)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        pending.extend(children.get(current, []))
+    return tree
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (and its finished children are not included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """User + system CPU time of a process and its living descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return sum(_status_kb(member, "VmRSS:") for member in process_tree(pid))
 
 
 def peak_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return sum(_status_kb(member, "VmHWM:") for member in process_tree(pid))
 
 
 def reset_peak_rss(pid: int) -> None:
-    """Reset the kernel's high-water mark so ``peak_rss_bytes`` measures from now."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    """Reset the kernel's high-water marks so ``peak_rss_bytes`` measures from now."""
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{member}/clear_refs").write_text("5")
 
 
 class RssSampler:
@@ -187,8 +217,9 @@ class App:
     data_dir: Path
 
 
-def app_server(env: Mapping[str, str], *, name: str = "app") -> App:
-    """Migrate a fresh SQLite database, create a user and token, and start Daphne (not yet running)."""
+def app_server(env: Mapping[str, str], *, name: str = "app", workers: int = 1) -> App:
+    """Migrate a fresh SQLite database, create a user and token, and prepare the server (not yet running):
+    one Daphne process, or ``workers`` of them on one socket (``deploy/serve.py``)."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"myocr-bench-{name}-"))
     port = free_port()
     full_env = {
@@ -200,6 +231,9 @@ def app_server(env: Mapping[str, str], *, name: str = "app") -> App:
         "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}",
         "LOG_LEVEL": "WARNING",
         "OCR_KEEP_UPLOADS": "false",
+        # One benchmark user sends all the load: per-user limits would refuse it.
+        "OCR_USER_MAX_RUNNING_JOBS": "0",
+        "OCR_USER_DAILY_PAGES": "0",
         **env,
     }
     subprocess.run(
@@ -213,8 +247,19 @@ def app_server(env: Mapping[str, str], *, name: str = "app") -> App:
         capture_output=True,
         text=True,
     ).stdout.strip()
+    if workers > 1:
+        command = [PYTHON, "deploy/serve.py"]
+        full_env |= {
+            "WEB_CONCURRENCY": str(workers),
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "metrics"),
+        }
+    else:
+        command = [PYTHON, "-m", "daphne", "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=1024"]
+        command.append("myocr.asgi:application")
     process = Process(
-        [PYTHON, "-m", "daphne", "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=1024", "myocr.asgi:application"],
+        command,
         env=full_env,
         ready_url=f"http://127.0.0.1:{port}/healthz",
         log_name=name,

@@ -121,13 +121,15 @@ def engine_request(image: bytes) -> bytes:
     ).encode()
 
 
-def run(concurrencies: list[int], per_client: int) -> list[tuple[Run, Run]]:
+def run(concurrencies: list[int], per_client: int, workers: int = 1) -> list[tuple[Run, Run]]:
     image = SAMPLES["short"].render()
     pairs = []
     with fake_engine(tokens=TOKENS, token_delay=TOKEN_DELAY) as engine:
         engine.start()
         engine_port = int(engine.ready_url.split(":")[2].split("/")[0])
-        app = app_server({"LLM_BASE_URL": f"http://127.0.0.1:{engine_port}/v1", "OCR_WARMUP": "true"}, name="relay")
+        app = app_server(
+            {"LLM_BASE_URL": f"http://127.0.0.1:{engine_port}/v1", "OCR_WARMUP": "true"}, name="relay", workers=workers
+        )
         with app.process:
             app.process.start()
             headers = {"Authorization": f"Bearer {app.token}"}
@@ -172,9 +174,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--requests-per-client", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="server processes on one socket (deploy/serve.py)")
     args = parser.parse_args()
     rows = []
-    for baseline, app in run(args.concurrency, args.requests_per_client):
+    for baseline, app in run(args.concurrency, args.requests_per_client, args.workers):
         n = baseline.concurrency
         rows.append((f"{n} streams, direct to engine", baseline.summary()))
         rows.append((f"{n} streams, through the app", app.summary()))
@@ -186,7 +189,10 @@ def main() -> None:
                 f"< 1 s at 200), app CPU {app.server_cpu / app.deltas * 1e6:.0f} µs/delta (target ≤ 60)",
             )
         )
-    print_table(f"Relay: {TOKENS} deltas per request, {TOKEN_DELAY * 1000:.0f} ms apart", rows)
+    print_table(
+        f"Relay: {TOKENS} deltas per request, {TOKEN_DELAY * 1000:.0f} ms apart, {args.workers} server process(es)",
+        rows,
+    )
 
 
 if __name__ == "__main__":
