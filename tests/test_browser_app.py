@@ -104,10 +104,16 @@ def shot(page, name: str) -> None:
 def upload(page, server, name: str, data: bytes, mime: str, *, preset: str | None = None) -> None:
     page.goto(f"{server.url}/")
     page.locator("input[type=file]").set_input_files({"name": name, "mimeType": mime, "buffer": data})
-    page.locator("#preview img").first.wait_for()
+    assert image_loaded(page.locator("#preview img").first)  # a data: image, rendered on the server
     if preset:
         page.locator(f"input[name=preset][value={preset}]").check()
     return None
+
+
+def image_loaded(image) -> bool:
+    """Whether the image (scrolled into view, as lazy images load only there) decodes to real pixels."""
+    image.scroll_into_view_if_needed()
+    return image.evaluate("img => img.decode().then(() => img.naturalWidth > 0, () => false)")
 
 
 def start(page, server) -> None:
@@ -162,7 +168,7 @@ def test_a_three_page_pdf_fills_three_panes(signed_in, server, fake):
     assert page.locator("article.page--done").count() == 3
     for number in (1, 2, 3):
         assert page.locator(f"#page-{number} .page__rendered").text_content().strip()
-        assert page.locator(f"#page-{number} img").evaluate("img => img.complete && img.naturalWidth > 0")
+        assert image_loaded(page.locator(f"#page-{number} img"))
     shot(page, "06-pdf-done")
 
 
