@@ -7,19 +7,19 @@ time on this project's machines, on every request, even ``/healthz``.
 
 This handler gives every request a context bound to one of a few persistent single-thread executors instead
 (round robin). A request's synchronous work still runs on one thread, as Django expects; the threads and their
-database connections are reused.
+database connections are reused. With SQLite there is one such thread (``DJANGO_SYNC_THREADS``): SQLite has one
+writer at a time, and writers on several connections of one process would wait for each other in SQLite's busy
+handler, which sleeps in steps of up to 100 ms.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import ThreadSensitiveContext
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
-
-SYNC_THREADS = int(os.environ.get("DJANGO_SYNC_THREADS", "4"))
 
 
 class PooledThreadsASGIHandler(ASGIHandler):
@@ -27,7 +27,7 @@ class PooledThreadsASGIHandler(ASGIHandler):
         super().__init__()
         self._executors = [
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"django-sync-{index}")
-            for index in range(max(1, SYNC_THREADS))
+            for index in range(max(1, settings.DJANGO_SYNC_THREADS))
         ]
         self._next = itertools.cycle(self._executors)
 

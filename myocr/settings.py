@@ -112,6 +112,11 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 DATABASES = {"default": _database}
+# Threads that run requests' synchronous work (myocr/handler.py): one for SQLite (a single writer), more for a
+# database server.
+DJANGO_SYNC_THREADS = env_int(
+    "DJANGO_SYNC_THREADS", 1 if _database["ENGINE"] == "django.db.backends.sqlite3" else 4, minimum=1
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Auth -------------------------------------------------------------------------------------------------
