@@ -12,7 +12,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from accounts.models import ApiToken
+from accounts.limits import job_allowance
+from accounts.models import ApiToken, UserLimits
 from ocr.admin import usage_csv
 from ocr.models import OcrJob
 
@@ -26,6 +27,37 @@ class ApiTokenAdmin(admin.ModelAdmin):
     search_fields = ("name", "prefix", "user__username")
     readonly_fields = ("prefix", "created_at", "last_used_at")
     raw_id_fields = ("user",)
+
+
+@admin.register(UserLimits)
+class UserLimitsAdmin(admin.ModelAdmin):
+    """Per-user overrides of OCR_USER_MAX_RUNNING_JOBS and OCR_USER_DAILY_PAGES (empty: the default, 0: none)."""
+
+    list_display = ("user", "max_running_jobs", "daily_pages", "note", "updated_at", "usage_now")
+    search_fields = ("user__username", "note")
+    raw_id_fields = ("user",)
+    readonly_fields = ("updated_at", "usage_now")
+
+    @admin.display(description=_("now"))
+    def usage_now(self, limits: UserLimits) -> str:
+        if not limits.user_id:
+            return "—"
+        allowance = job_allowance(owner=limits.user)
+        return _("%(running)s of %(max_running)s jobs running, %(pages)s of %(daily)s pages today") % {
+            "running": allowance.running_jobs,
+            "max_running": allowance.max_running_jobs or "∞",
+            "pages": allowance.pages_today,
+            "daily": allowance.daily_pages or "∞",
+        }
+
+
+class UserLimitsInline(admin.StackedInline):
+    model = UserLimits
+    can_delete = True
+    extra = 0
+    max_num = 1
+    fields = ("max_running_jobs", "daily_pages", "note")
+    verbose_name = verbose_name_plural = _("OCR limits (empty: the server's defaults)")
 
 
 admin.site.unregister(User)
@@ -49,6 +81,7 @@ class UserAdmin(DjangoUserAdmin):
         "jobs_link",
     )
     actions = ["export_usage_csv"]
+    inlines = [*DjangoUserAdmin.inlines, UserLimitsInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         # One join to the ledger; the sums never multiply because no other relation is joined.

@@ -13,7 +13,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_post_parameters
 
+from accounts import ratelimit
 from accounts.models import ApiToken
 from accounts.services import user_register
 from accounts.tokens import token_create
@@ -41,10 +43,14 @@ def _text_field(data: dict[str, Any], name: str) -> str:
     return value
 
 
+@sensitive_post_parameters("password")
 @api_endpoint(methods=("POST",), auth=False)
 async def register(request: HttpRequest) -> HttpResponse:
     if not settings.REGISTRATION_OPEN:
         raise ApiError("Registration is closed on this server.", code="registration_closed", status=403)
+    retry_after = await ratelimit.aregister_retry_after(request)
+    if retry_after is not None:
+        raise ratelimit.too_many_registrations(retry_after)
     data = request_data(request)
     username = _text_field(data, "username").strip()
     password = _text_field(data, "password")
@@ -56,6 +62,7 @@ async def register(request: HttpRequest) -> HttpResponse:
     return JsonResponse(user_as_dict(user), status=201)
 
 
+@sensitive_post_parameters("password")
 @api_endpoint(methods=("POST",), auth=False)
 async def issue_token(request: HttpRequest) -> HttpResponse:
     """OAuth2 password grant (form fields ``username`` and ``password``; JSON accepted too)."""
@@ -65,14 +72,19 @@ async def issue_token(request: HttpRequest) -> HttpResponse:
         raise ApiError("Only grant_type=password is supported.", code="unsupported_grant_type")
     username = _text_field(data, "username")
     password = _text_field(data, "password")
+    retry_after = await ratelimit.alogin_retry_after(request, username)
+    if retry_after is not None:
+        raise ratelimit.too_many_sign_ins(retry_after)
     user = await aauthenticate(request, username=username, password=password)
     if user is None:
+        await ratelimit.alogin_failed(request, username)
         raise ApiError(
             "Wrong username or password.",
             code="invalid_credentials",
             status=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
+    await ratelimit.alogin_succeeded(request, username)
     lifetime = timedelta(minutes=settings.ACCESS_TOKEN_EXPIRE_MINUTES)
     issued = await sync_to_async(token_create)(
         user=user, name="API login", kind=ApiToken.Kind.LOGIN, expires_at=timezone.now() + lifetime

@@ -39,3 +39,32 @@ class ApiToken(models.Model):
     def is_active(self, now=None) -> bool:
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class UserLimits(models.Model):
+    """One user's own abuse limits, set by staff in the admin; an empty field means the server's default."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ocr_limits", verbose_name=_("user")
+    )
+    max_running_jobs = models.PositiveIntegerField(
+        _("jobs running at once"),
+        null=True,
+        blank=True,
+        help_text=_("Empty: the server's OCR_USER_MAX_RUNNING_JOBS. 0: no limit."),
+    )
+    daily_pages = models.PositiveIntegerField(
+        _("pages per day"),
+        null=True,
+        blank=True,
+        help_text=_("Empty: the server's OCR_USER_DAILY_PAGES. 0: no limit."),
+    )
+    note = models.CharField(_("note"), max_length=200, blank=True, help_text=_("Why this user has other limits."))
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("user limits")
+        verbose_name_plural = _("user limits")
+
+    def __str__(self) -> str:
+        return f"limits of {self.user}"

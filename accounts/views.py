@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
@@ -11,8 +15,11 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
+from accounts import ratelimit
 from accounts.decorators import page_owner_required
 from accounts.forms import RegisterForm, TokenCreateForm
 from accounts.models import ApiToken
@@ -21,11 +28,67 @@ from accounts.tokens import token_create, token_revoke
 
 
 class LoginView(auth_views.LoginView):
+    """Django's login view with the brute-force limit of ``accounts.ratelimit``."""
+
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
 
     def get_context_data(self, **kwargs):
         return {**super().get_context_data(**kwargs), "registration_open": settings.REGISTRATION_OPEN}
+
+    def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        retry_after = ratelimit.login_retry_after(request, request.POST.get("username", ""))
+        if retry_after is not None:
+            messages.error(request, too_many_attempts_message(retry_after))
+            form = self.get_form_class()(request)  # unbound: the password is not checked at all
+            return rate_limited(self.render_to_response(self.get_context_data(form=form)), retry_after)
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form):
+        ratelimit.login_succeeded(self.request, form.cleaned_data.get("username") or "")
+        return super().form_valid(form)
+
+    def form_invalid(self, form):
+        ratelimit.login_failed(self.request, form.data.get("username", ""))
+        return super().form_invalid(form)
+
+
+def too_many_attempts_message(retry_after: int) -> str:
+    minutes = max(1, math.ceil(retry_after / 60))
+    return ngettext(
+        "Too many attempts from your address. Try again in %(minutes)d minute.",
+        "Too many attempts from your address. Try again in %(minutes)d minutes.",
+        minutes,
+    ) % {"minutes": minutes}
+
+
+def rate_limited(response: HttpResponse, retry_after: int) -> HttpResponse:
+    response.status_code = 429
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
+def login_rate_limited(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """The brute-force limit around another login view (the admin's): a POST answered with anything but a
+    redirect is a failed sign-in."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if request.method != "POST":
+            return view(request, *args, **kwargs)
+        username = request.POST.get("username", "")
+        retry_after = ratelimit.login_retry_after(request, username)
+        if retry_after is not None:
+            response = HttpResponse(too_many_attempts_message(retry_after), content_type="text/plain; charset=utf-8")
+            return rate_limited(response, retry_after)
+        response = view(request, *args, **kwargs)
+        if response.status_code in (301, 302, 303):
+            ratelimit.login_succeeded(request, username)
+        else:
+            ratelimit.login_failed(request, username)
+        return response
+
+    return wrapper
 
 
 class LogoutView(auth_views.LogoutView):
@@ -41,10 +104,16 @@ class PasswordChangeDoneView(auth_views.PasswordChangeDoneView):
     template_name = "accounts/password_change_done.html"
 
 
+@sensitive_post_parameters("password1", "password2")
 @require_http_methods(["GET", "POST"])
 def register(request: HttpRequest) -> HttpResponse:
     if not settings.REGISTRATION_OPEN:
         return render(request, "accounts/register.html", {"closed": True}, status=403)
+    if request.method == "POST":
+        retry_after = ratelimit.register_retry_after(request)
+        if retry_after is not None:
+            messages.error(request, too_many_attempts_message(retry_after))
+            return rate_limited(render(request, "accounts/register.html", {"form": RegisterForm()}), retry_after)
     form = RegisterForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:

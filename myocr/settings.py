@@ -279,3 +279,19 @@ try:
         ipaddress.ip_network(_network, strict=False)
 except ValueError as _error:
     raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {_error}") from None
+
+# --- Reliability and security (issue 6) ---------------------------------------------------------------------
+
+#: OCR jobs one user may have running at once, API and browser together (0: no limit). Staff can set a different
+#: limit for one user in the admin (accounts › User limits).
+OCR_USER_MAX_RUNNING_JOBS = env_int("OCR_USER_MAX_RUNNING_JOBS", 8, minimum=0)
+#: Pages one user may submit per day, in ``TIME_ZONE`` (0: no limit); per-user overrides as above.
+OCR_USER_DAILY_PAGES = env_int("OCR_USER_DAILY_PAGES", 2000, minimum=0)
+#: Failed sign-ins (login form, admin login, /api/auth/token) allowed per user name and client address, and per
+#: client address over all user names, within ``OCR_LOGIN_WINDOW_SECONDS``; then 429 until the window ends.
+OCR_LOGIN_MAX_FAILURES = env_int("OCR_LOGIN_MAX_FAILURES", 10, minimum=1)
+OCR_LOGIN_MAX_FAILURES_PER_IP = env_int("OCR_LOGIN_MAX_FAILURES_PER_IP", 50, minimum=1)
+OCR_LOGIN_WINDOW_SECONDS = env_int("OCR_LOGIN_WINDOW_SECONDS", 15 * 60, minimum=1)
+#: Registrations (form and API) allowed per client address within ``OCR_REGISTER_WINDOW_SECONDS``.
+OCR_REGISTER_MAX_PER_IP = env_int("OCR_REGISTER_MAX_PER_IP", 10, minimum=1)
+OCR_REGISTER_WINDOW_SECONDS = env_int("OCR_REGISTER_WINDOW_SECONDS", 60 * 60, minimum=1)

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from accounts import api as accounts_api
+from accounts.views import login_rate_limited
 from myocr.metrics import metrics_view
 from ocr import api as ocr_api
 from ocr.views import healthz
@@ -21,6 +22,8 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("api/metrics", metrics_view, name="api-metrics"),
     path("api/", include((api_patterns, "api"))),
+    # The admin's own login form, behind the same brute-force limit as ours.
+    path("admin/login/", login_rate_limited(admin.site.login), name="admin-login"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("accounts/", include("accounts.urls")),

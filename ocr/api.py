@@ -95,6 +95,7 @@ async def _start_job(request: HttpRequest, *, kind: str) -> HttpResponse:
             model=engine.model,
             page_count=document.page_count,
             keep_upload=config.keep_uploads,
+            enforce_limits=True,
         )
     except BaseException:
         await document.aclose()

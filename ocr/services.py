@@ -87,7 +87,10 @@ def _create_job(
     model: str,
     page_count: int,
     keep_upload: bool,
+    enforce_limits: bool = False,
 ) -> OcrJob:
+    """Create a running job (and keep its upload). With ``enforce_limits`` the owner's per-user limits are checked
+    in the transaction that inserts it (``accounts.limits.admit_job``), which raises ``LimitExceeded``."""
     job = OcrJob(
         owner=owner,
         kind=kind,
@@ -105,7 +108,19 @@ def _create_job(
     if keep_upload:
         # The name passed here is ignored by ``upload_path``: the client's file name never reaches the disk.
         job.upload.save("upload", ContentFile(data), save=False)
-    job.save(force_insert=True)
+    if not enforce_limits:
+        job.save(force_insert=True)
+        return job
+    from accounts.limits import admit_job
+
+    try:
+        with transaction.atomic():
+            admit_job(owner=owner, pages=page_count)
+            job.save(force_insert=True)
+    except BaseException:
+        if job.upload:
+            job.upload.delete(save=False)
+        raise
     return job
 
 

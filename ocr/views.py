@@ -36,6 +36,7 @@ from django.views.decorators.http import require_GET, require_POST
 from PIL import Image
 
 from accounts.decorators import page_owner_required
+from accounts.limits import LimitExceeded
 from myocr import startup
 from ocr import engines, intake, selectors
 from ocr.config import ocr_config
@@ -84,6 +85,16 @@ def intake_message(error: OcrError) -> str:
         "empty_pdf": _("The PDF has no pages."),
         "too_many_pages": _("The PDF has more pages than allowed (%(limit)s).") % {"limit": ocr_config().max_pdf_pages},
         "engine_not_configured": _("No OCR engine is configured on this server."),
+    }
+    return str(known.get(error.code, error.message))
+
+
+def limit_message(error: LimitExceeded) -> str:
+    """A per-user limit's refusal in the user's language."""
+    known = {
+        "too_many_jobs": _("You have too many jobs running at once. Wait for one of them to end, then try again."),
+        "daily_quota_exceeded": _("You have used your pages for today. The quota starts again at midnight."),
+        "too_many_pages": _("This document has more pages than your daily quota."),
     }
     return str(known.get(error.code, error.message))
 
@@ -143,7 +154,15 @@ async def job_new(request: HttpRequest) -> HttpResponse:
             model=engine.model,
             page_count=document.page_count,
             keep_upload=config.keep_uploads,
+            enforce_limits=True,
         )
+    except LimitExceeded as error:
+        await document.aclose()
+        form.add_error("file", limit_message(error))
+        response = await _upload_refused(request, form, status=error.status)
+        for name, value in error.headers.items():
+            response[name] = value
+        return response
     except BaseException:
         await document.aclose()
         raise

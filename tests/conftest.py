@@ -27,6 +27,14 @@ async def close_thread_connections() -> Any:
     await sync_to_async(connections.close_all)()
 
 
+@pytest.fixture(autouse=True)
+def clear_cache() -> None:
+    """The sign-in and registration rate limits count in the cache: every test starts with none counted."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture(scope="session")
 def fake_vllm_server() -> Iterator[Any]:
     """One fake vLLM server for the whole run, on a free loopback port, in a background thread."""
