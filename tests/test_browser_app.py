@@ -154,6 +154,22 @@ def test_upload_an_image_and_watch_the_text_stream_in(signed_in, server, fake):
     shot(page, "04-image-raw-view")
 
 
+def test_reloading_a_running_job_replays_then_follows_without_running_the_engine_again(signed_in, server, fake):
+    page = signed_in
+    fake.set_default(tokens=150, token_delay=0.02)
+    upload(page, server, "reload.png", SAMPLES["short"].render(), "image/png")
+    start(page, server)
+    expect(page.locator("#raw-1")).to_have_text(re.compile(r"[\s\S]{30,}"))
+
+    page.reload()  # a new page load, a new EventSource: the stored text first, then the live rest
+
+    expect(page.locator("#raw-1")).to_have_text(re.compile(r"[\s\S]{30,}"))
+    wait_done(page)
+    stored = page.request.get(page.url + "result.json").json()["pages_detail"][0]["text"]
+    assert page.locator("#raw-1").text_content() == stored  # nothing lost, nothing twice
+    assert fake.stats["requests"] == 1
+
+
 def test_a_three_page_pdf_fills_three_panes(signed_in, server, fake):
     page = signed_in
     fake.set_default(tokens=60, token_delay=0.03)
