@@ -5,10 +5,10 @@ other figures in the admin (``UserLimits``; an empty field keeps the default, 0 
 
 ``admit_job`` is called by ``ocr.services.job_create`` inside the transaction that inserts the job, so the check
 and the insert are one step: on SQLite the transaction holds the database's write lock from its start
-(``transaction_mode = IMMEDIATE``); on PostgreSQL the query locks the user's row (``FOR UPDATE``). Two uploads of one
-user arriving together are therefore counted one after the other, and the limit holds exactly. The check is one
-query: the user's overrides, their running jobs and the pages of their jobs created today, read through the
-``ocrjob_status_worker`` and ``ocrjob_owner_created`` indexes.
+(``transaction_mode = IMMEDIATE``); on PostgreSQL a first statement locks the user's row (``FOR UPDATE``). Two
+uploads of one user arriving together are therefore counted one after the other, and the limit holds exactly. The
+check is one query (two on PostgreSQL, with the lock): the user's overrides, their running jobs and the pages of
+their jobs created today, read through the ``ocrjob_status_worker`` and ``ocrjob_owner_created`` indexes.
 
 What counts towards the daily pages: every page of a job still running (they are about to be read) and the pages
 the engine read (``pages_done``: done or cut off) of jobs that ended. Pages that failed or were never reached
@@ -81,24 +81,29 @@ def job_allowance(*, owner: AbstractBaseUser, now: datetime | None = None, lock:
     query = (
         get_user_model()
         .objects.filter(pk=owner.pk)
+        .only("pk")
         .annotate(
             running_jobs=Coalesce(Subquery(running, output_field=IntegerField()), Value(0)),
             pages_today=Coalesce(Subquery(pages, output_field=IntegerField()), Value(0)),
+            own_max_running_jobs=F("ocr_limits__max_running_jobs"),
+            own_daily_pages=F("ocr_limits__daily_pages"),
         )
-        .values("running_jobs", "pages_today", "ocr_limits__max_running_jobs", "ocr_limits__daily_pages")
     )
     if lock and connection.features.has_select_for_update:
-        of = ("self",) if connection.features.has_select_for_update_of else ()
-        query = query.select_for_update(of=of)
+        # A statement of its own: under READ COMMITTED the counting statement must start after the lock is held,
+        # or its snapshot could miss the job that the previous holder of the lock inserted.
+        list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
     row = query.get()
-    max_running = row["ocr_limits__max_running_jobs"]
-    daily = row["ocr_limits__daily_pages"]
     return JobAllowance(
-        max_running_jobs=settings.OCR_USER_MAX_RUNNING_JOBS if max_running is None else max_running,
-        daily_pages=settings.OCR_USER_DAILY_PAGES if daily is None else daily,
-        running_jobs=row["running_jobs"],
-        pages_today=row["pages_today"],
+        max_running_jobs=_own_or_default(row.own_max_running_jobs, settings.OCR_USER_MAX_RUNNING_JOBS),
+        daily_pages=_own_or_default(row.own_daily_pages, settings.OCR_USER_DAILY_PAGES),
+        running_jobs=row.running_jobs,
+        pages_today=row.pages_today,
     )
+
+
+def _own_or_default(own: int | None, default: int) -> int:
+    return default if own is None else own
 
 
 def admit_job(*, owner: AbstractBaseUser, pages: int) -> JobAllowance:

@@ -27,6 +27,7 @@ from .contract import assert_contract
 from .server import AppServer
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
+ledger = pytest.mark.postgres  # the ledger queries: run again on PostgreSQL by `make test-postgres`
 
 PNG = SAMPLES["short"].render()
 
@@ -59,6 +60,7 @@ async def refused(response: Any, status: int, code: str) -> dict[str, Any]:
 # --- jobs running at once ---------------------------------------------------------------------------------
 
 
+@ledger
 async def test_a_user_at_the_running_jobs_limit_gets_429_with_retry_after(settings, fake_vllm, alice, api, tmp_path):
     settings.OCR_USER_MAX_RUNNING_JOBS = 2
     settings.MEDIA_ROOT = tmp_path
@@ -112,6 +114,7 @@ async def test_what_is_left_of_the_quota_can_still_be_used(settings, fake_vllm, 
     assert assert_contract(frames, "image")["status"] == "done"
 
 
+@ledger
 async def test_the_quota_counts_running_pages_and_pages_read_but_not_yesterday_or_failed_pages(settings, alice):
     settings.OCR_USER_DAILY_PAGES = 100
     await amake_job(alice, status=JobStatus.RUNNING, pages=10, pages_done=2)  # 10: about to be read
@@ -133,6 +136,7 @@ async def test_a_document_larger_than_the_whole_quota_is_refused_as_unprocessabl
     await refused(response, 422, "too_many_pages")
 
 
+@ledger
 async def test_a_staff_override_gives_one_user_other_limits(settings, fake_vllm, alice, bob, api, bob_api):
     settings.OCR_USER_DAILY_PAGES = 1
     await amake_job(alice, pages=1)
@@ -146,6 +150,7 @@ async def test_a_staff_override_gives_one_user_other_limits(settings, fake_vllm,
     await refused(theirs, 429, "daily_quota_exceeded")
 
 
+@ledger
 async def test_admission_costs_one_query_in_the_transaction_that_creates_the_job(alice):
     def create() -> list[str]:
         with CaptureQueriesContext(connection) as queries:
@@ -167,8 +172,43 @@ async def test_admission_costs_one_query_in_the_transaction_that_creates_the_job
 
     statements = [sql for sql in await sync_to_async(create)() if not sql.startswith(("BEGIN", "COMMIT", "SAVEPOINT"))]
 
-    assert len(statements) == 2, statements
-    assert statements[0].startswith("SELECT") and statements[1].startswith("INSERT")
+    lock = ["SELECT … FOR UPDATE"] if connection.features.has_select_for_update else []
+    assert len(statements) == len(lock) + 2, statements
+    assert statements[-2].startswith("SELECT") and statements[-1].startswith("INSERT")
+
+
+@ledger
+def test_admissions_of_one_user_in_parallel_never_exceed_the_limit_on_postgresql(settings, alice):
+    """Ten admissions at once from ten threads (ten connections): exactly the limit gets in."""
+    if not connection.features.has_select_for_update:
+        pytest.skip("SQLite serialises writers itself; the real-server test covers it")
+    settings.OCR_USER_MAX_RUNNING_JOBS = 3
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from django.db import connections
+
+    from accounts.limits import LimitExceeded
+
+    barrier = Barrier(10)
+
+    def admit() -> str:
+        barrier.wait(10)
+        try:
+            _create_job(
+                owner=alice, kind="image", source="api", file_name="p.png", content_type="image/png", data=b"x",
+                prompt="", engine="openai", model="m", page_count=1, keep_upload=False, enforce_limits=True,
+            )  # fmt: skip
+            return "admitted"
+        except LimitExceeded as error:
+            return error.code
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = sorted(pool.map(lambda _: admit(), range(10)))
+
+    assert outcomes == ["admitted"] * 3 + ["too_many_jobs"] * 7
 
 
 async def test_a_browser_upload_over_the_limit_is_refused_with_429_and_a_message(settings, fake_vllm, alice):
