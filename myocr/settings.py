@@ -295,3 +295,6 @@ OCR_LOGIN_WINDOW_SECONDS = env_int("OCR_LOGIN_WINDOW_SECONDS", 15 * 60, minimum=
 #: Registrations (form and API) allowed per client address within ``OCR_REGISTER_WINDOW_SECONDS``.
 OCR_REGISTER_MAX_PER_IP = env_int("OCR_REGISTER_MAX_PER_IP", 10, minimum=1)
 OCR_REGISTER_WINDOW_SECONDS = env_int("OCR_REGISTER_WINDOW_SECONDS", 60 * 60, minimum=1)
+#: Each server process records that it is alive this often. The running jobs of a process silent for four
+#: heartbeats (or, on the same host, of a process that no longer exists) are marked interrupted.
+OCR_WORKER_HEARTBEAT_SECONDS = env_float("OCR_WORKER_HEARTBEAT_SECONDS", 15.0, minimum=0.1)

@@ -24,7 +24,10 @@ def start_background_tasks() -> None:
         return
     _started = True
     from ocr.config import ocr_config
+    from ocr.workers import start_heartbeat
 
+    # Records this process as alive and marks the jobs of dead ones interrupted (at start, then periodically).
+    start_heartbeat()
     if ocr_config().warmup:
         warm_up_done = threading.Event()
         threading.Thread(target=_warm_up, args=(warm_up_done,), name="ocr-warmup", daemon=True).start()

@@ -162,3 +162,30 @@ class OcrPage(UsageFields):
 
     def __str__(self) -> str:
         return f"page {self.number} of {self.job_id}"
+
+
+class Worker(models.Model):
+    """A process that runs jobs (a server process, or ``manage.py ocr``), and when it last said it was alive.
+
+    ``OcrJob.worker`` holds its ``id``. A process records a heartbeat every ``OCR_WORKER_HEARTBEAT_SECONDS``; the
+    running jobs of a process that is gone are marked interrupted (see ``ocr/workers.py``).
+    """
+
+    id = models.CharField(_("id"), primary_key=True, max_length=128, help_text=_("host:pid, as in OcrJob.worker."))
+    host = models.CharField(_("host"), max_length=255)
+    pid = models.PositiveIntegerField(_("process id"))
+    namespace = models.CharField(
+        _("process namespace"),
+        max_length=128,
+        blank=True,
+        help_text=_("Kernel boot and process-id namespace: processes with the same can check each other's pid."),
+    )
+    started_at = models.DateTimeField(_("started"))
+    heartbeat_at = models.DateTimeField(_("last heartbeat"), db_index=True)
+
+    class Meta:
+        verbose_name = _("worker process")
+        verbose_name_plural = _("worker processes")
+
+    def __str__(self) -> str:
+        return self.id

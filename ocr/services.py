@@ -280,3 +280,49 @@ def job_delete(*, job: OcrJob) -> None:
         OcrJob.objects.filter(pk=job.pk).update(deleted_at=timezone.now(), upload="")
     if job.upload:
         job.upload.storage.delete(job.upload.name)
+
+
+INTERRUPTED_MESSAGE = "The server stopped while the job ran; the pages that finished before are kept."
+
+
+def jobs_interrupt(*, job_ids: list[object]) -> int:
+    """Close running jobs whose process is gone (``ocr/workers.py`` decides which): each becomes ``interrupted``
+    with the usage of the pages it recorded so far, and its pages still running fail with ``interrupted``.
+
+    The tokens of a page that was still running are unknown (vLLM reports them when a page ends): such a page
+    keeps the text it stored (live browser jobs store it as it streams) and the job's usage is marked estimated.
+    A job that already ended is left alone, so several processes may recover the same jobs at once. Returns the
+    number of jobs closed.
+    """
+    closed = 0
+    for job_id in job_ids:
+        with transaction.atomic():
+            job = OcrJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).only("pk", "prompt", "created_at").first()
+            if job is None:
+                continue
+            now = timezone.now()
+            pages = list(OcrPage.objects.filter(job_id=job_id))
+            running = [page for page in pages if page.status == "running"]
+            finished = [page.finished_at for page in pages if page.finished_at is not None]
+            duration = (max(finished) if finished else now) - job.created_at
+            OcrPage.objects.filter(job_id=job_id, status="running").update(
+                status="failed", error_code="interrupted", error_message=INTERRUPTED_MESSAGE, finished_at=now
+            )
+            for page in running:
+                page.status = "failed"
+            spent = [page for page in pages if page.status != "cancelled" or page.completion_tokens]
+            closed += OcrJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+                status=JobStatus.INTERRUPTED,
+                prompt_tokens=sum(page.prompt_tokens for page in pages),
+                completion_tokens=sum(page.completion_tokens for page in pages),
+                completion_chars=sum(page.completion_chars for page in pages),
+                prompt_chars=len(job.prompt) * len(spent),
+                usage_estimated=any(page.usage_estimated for page in pages) or any(page.text for page in running),
+                pages_done=sum(1 for page in pages if page.status in ("done", "truncated")),
+                pages_failed=sum(1 for page in pages if page.status == "failed"),
+                finished_at=now,
+                duration_ms=max(0, int(duration.total_seconds() * 1000)),
+                error_code="interrupted",
+                error_message=INTERRUPTED_MESSAGE,
+            )
+    return closed

@@ -173,10 +173,8 @@ async def test_a_late_subscriber_catches_up_from_the_database(alice, fake_vllm, 
 
 
 async def fake_vllm_started(fake) -> None:
-    for _ in range(500):
-        if fake.stats["requests"]:
-            return
-        await asyncio.sleep(0.01)  # polling a counter in another thread, bounded
+    """Wait (off this event loop, which runs the job) until the fake engine has received the job's request."""
+    await asyncio.to_thread(fake.wait_for, lambda stats: stats["requests"] > 0, 10.0)
 
 
 async def test_cancel_stops_the_engine_and_records_the_job_as_cancelled(web, fake_vllm):
