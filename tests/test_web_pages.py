@@ -350,6 +350,25 @@ def test_every_browser_form_needs_the_csrf_token(path, data, alice):
     assert ApiToken.objects.get(pk=token.pk).revoked_at is None
 
 
+def test_a_refused_form_explains_itself(alice):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+
+    response = client.post("/accounts/tokens/", {"name": "x"})
+
+    assert response.status_code == 403
+    assert "The form expired" in response.content.decode()
+
+
+def test_an_unknown_page_is_a_styled_404(alice_client, settings):
+    settings.DEBUG = False
+
+    response = alice_client.get("/jobs/00000000-0000-0000-0000-000000000000/")
+
+    assert response.status_code == 404
+    assert "There is nothing here, or it is not yours to see." in response.content.decode()
+
+
 @pytest.mark.parametrize(("path", "data"), [("/accounts/login/", {"username": "alice"}), ("/accounts/register/", {})])
 def test_the_login_and_register_forms_need_the_csrf_token(path, data, alice):
     response = Client(enforce_csrf_checks=True).post(path, data)
