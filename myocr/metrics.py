@@ -284,7 +284,9 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus scrape endpoint. A plain sync view: the database counts and (in multiprocess mode) the
     reading of the metric files are blocking work, which Django runs in its thread."""
     if request.method not in ("GET", "HEAD"):
-        return JsonResponse({"error": {"code": "method_not_allowed", "message": "Use GET."}}, status=405)
+        return JsonResponse(
+            {"error": {"code": "method_not_allowed", "message": "Use GET."}}, status=405, headers={"Allow": "GET, HEAD"}
+        )
     if not _client_allowed(request):
         return JsonResponse({"error": {"code": "forbidden", "message": "Not on the metrics allow-list."}}, status=403)
     if not _token_ok(request):

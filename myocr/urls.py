@@ -3,9 +3,10 @@ from django.urls import include, path
 
 from accounts import api as accounts_api
 from accounts.views import login_rate_limited
+from myocr import openapi
 from myocr.metrics import metrics_view
 from ocr import api as ocr_api
-from ocr.views import healthz
+from ocr.views import favicon, healthz
 
 api_patterns = [
     path("ocr/image", ocr_api.ocr_image, name="ocr-image"),
@@ -16,6 +17,8 @@ api_patterns = [
     path("users/me", accounts_api.me, name="me"),
     path("users/me/usage", accounts_api.my_usage, name="my-usage"),
     path("users/me/usage/summary", accounts_api.my_usage_summary, name="my-usage-summary"),
+    path("openapi.json", openapi.openapi_json, name="openapi"),
+    path("docs", openapi.api_docs, name="docs"),
 ]
 
 urlpatterns = [
@@ -26,6 +29,7 @@ urlpatterns = [
     path("admin/login/", login_rate_limited(admin.site.login), name="admin-login"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("favicon.ico", favicon, name="favicon"),
     path("accounts/", include("accounts.urls")),
     path("i18n/", include("django.conf.urls.i18n")),
     path("", include("ocr.urls")),

@@ -24,11 +24,13 @@ from django.http import (
     HttpRequest,
     HttpResponse,
     HttpResponseNotModified,
+    HttpResponsePermanentRedirect,
     JsonResponse,
     StreamingHttpResponse,
 )
 from django.middleware.csrf import get_token
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.utils import translation
 from django.utils.http import content_disposition_header
 from django.utils.translation import gettext as _
@@ -64,6 +66,11 @@ async def healthz(request: HttpRequest) -> HttpResponse:
     if not startup.is_ready():
         return JsonResponse({"status": "starting", "engine": config.engine}, status=503)
     return JsonResponse({"status": "ok", "engine": config.engine})
+
+
+async def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico on pages that name no icon (the admin's): the app's icon."""
+    return HttpResponsePermanentRedirect(static("img/icon.svg"))
 
 
 # --- Upload ---------------------------------------------------------------------------------------------------

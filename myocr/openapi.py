@@ -1,0 +1,569 @@
+"""The API's OpenAPI 3.1 document (``/api/openapi.json``) and its interactive page (``/api/docs``).
+
+Written by hand, next to the contract it describes (``ARCHITECTURE.md``, "The wire contract"): the views are plain
+async functions, so there is nothing to introspect, and the NDJSON frames need schemas of their own anyway. The
+streaming responses are described as what a client reads: a sequence of JSON objects, one per line, so
+``application/x-ndjson`` carries an array schema of the frames (OpenAPI 3.1 has no item schema for sequential
+media types). ``tests/test_openapi.py`` keeps the document and the URL conf in step and validates real streams
+against the frame schemas; ``tests/test_fuzz.py`` runs Schemathesis against a real server with it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import orjson
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from myocr.http import ApiError, error_response
+
+OPENAPI_VERSION = "3.1.0"
+API_VERSION = "1.0.0"
+NDJSON = "application/x-ndjson"
+JOB_STATUSES = ["done", "partial", "failed", "cancelled"]
+STORED_JOB_STATUSES = ["running", *JOB_STATUSES, "interrupted"]
+PAGE_STATUSES = ["done", "truncated", "failed", "cancelled"]
+STORED_PAGE_STATUSES = ["running", *PAGE_STATUSES]
+MAX_PROMPT_CHARS = 4000
+
+# --- schema helpers ---------------------------------------------------------------------------------------
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(properties: dict[str, Any], *, required: list[str] | None = None, description: str = "") -> dict[str, Any]:
+    """An object schema; ``required`` defaults to every property. Frames and records may gain fields later
+    (the contract allows new fields), so other properties are allowed."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+    }
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def const(value: str) -> dict[str, str]:
+    return {"type": "string", "const": value}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+COUNT = {"type": "integer", "minimum": 0}
+TEXT = {"type": "string"}
+FLAG = {"type": "boolean"}
+UUID = {"type": "string", "format": "uuid"}
+TIMESTAMP = {"type": "string", "format": "date-time"}
+PAGE_NUMBER = {"type": "integer", "minimum": 1}
+
+
+def schemas() -> dict[str, Any]:
+    error_detail = obj(
+        {
+            "code": {"type": "string", "description": "Stable, machine-readable; scripts branch on it."},
+            "message": {"type": "string", "description": "For people; may change."},
+        }
+    )
+    image_usage = {
+        "prompt_tokens": COUNT,
+        "completion_tokens": COUNT,
+        "prompt_chars": COUNT,
+        "completion_chars": COUNT,
+        "input_bytes": COUNT,
+        "estimated": {
+            "type": "boolean",
+            "description": "The engine reported no token counts (the embedded engine): token figures are estimates.",
+        },
+    }
+    page_usage = {"prompt_tokens": COUNT, "completion_tokens": COUNT, "completion_chars": COUNT, "estimated": FLAG}
+    start = {
+        "type": const("start"),
+        "job_id": UUID,
+        "file_name": TEXT,
+        "input_bytes": COUNT,
+        "engine": {"type": "string", "examples": ["openai", "local"]},
+        "model": TEXT,
+    }
+    end = {
+        "type": const("end"),
+        "status": {"enum": JOB_STATUSES},
+        "job_id": UUID,
+        "elapsed_ms": COUNT,
+        "error": ref("ErrorDetail"),
+    }
+    return {
+        "ErrorDetail": error_detail,
+        "Error": obj(
+            {"error": ref("ErrorDetail")},
+            description="Every failure before a stream starts, and every error of the other endpoints.",
+        ),
+        # --- NDJSON frames ----------------------------------------------------------------------------------
+        "ImageUsage": obj(image_usage, required=list(image_usage)[:5]),
+        "PdfUsage": obj({**image_usage, "pages": PAGE_NUMBER}, required=[*list(image_usage)[:5], "pages"]),
+        "PageUsage": obj(page_usage, required=list(page_usage)[:3]),
+        "ImageStartFrame": obj({**start, "kind": const("image")}, required=["type", "kind", "job_id"]),
+        "DeltaFrame": obj({"type": const("delta"), "delta": TEXT}, description="Recognised text, in order."),
+        "ErrorFrame": obj(
+            {"type": const("error"), "error": ref("ErrorDetail")},
+            description="A job that failed as a whole sends one right before its end frame.",
+        ),
+        "ImageEndFrame": obj(
+            {**end, "usage": ref("ImageUsage")},
+            required=["type", "status", "job_id", "usage"],
+            description="Exactly one, always last. ``error`` is the first error of a job that did not succeed.",
+        ),
+        "PdfStartFrame": obj(
+            {**start, "kind": const("pdf"), "pages": PAGE_NUMBER}, required=["type", "kind", "job_id", "pages"]
+        ),
+        "PageStartFrame": obj({"type": const("page_start"), "page": PAGE_NUMBER}),
+        "PageDeltaFrame": obj({"type": const("page_delta"), "page": PAGE_NUMBER, "delta": TEXT}),
+        "PageEndFrame": obj(
+            {
+                "type": const("page_end"),
+                "page": PAGE_NUMBER,
+                "status": {"enum": PAGE_STATUSES},
+                "usage": ref("PageUsage"),
+                "finish_reason": {
+                    "anyOf": [{"type": "string"}, {"type": "null"}],
+                    "description": "The engine's: ``stop``, or ``length`` (cut off at the token limit).",
+                },
+                "elapsed_ms": nullable(COUNT),
+                "error": ref("ErrorDetail"),
+                "layout": {"type": "array", "items": {"type": "object"}, "description": "Boxes, 0–999 coordinates."},
+            },
+            required=["type", "page", "status", "usage"],
+            description="Exactly one per page_start; a failed or cut-off page's carries ``error``.",
+        ),
+        "PdfEndFrame": obj(
+            {**end, "usage": ref("PdfUsage"), "pages_done": COUNT, "pages_failed": COUNT},
+            required=["type", "status", "job_id", "usage", "pages_done", "pages_failed"],
+            description="Exactly one, always last.",
+        ),
+        "ImageFrame": {
+            "oneOf": [ref("ImageStartFrame"), ref("DeltaFrame"), ref("ErrorFrame"), ref("ImageEndFrame")],
+            "description": "One line of the image stream.",
+        },
+        "PdfFrame": {
+            "oneOf": [
+                ref("PdfStartFrame"),
+                ref("PageStartFrame"),
+                ref("PageDeltaFrame"),
+                ref("PageEndFrame"),
+                ref("ErrorFrame"),
+                ref("PdfEndFrame"),
+            ],
+            "description": "One line of the PDF stream; frames of different pages interleave.",
+        },
+        "ImageStream": {
+            "type": "array",
+            "items": ref("ImageFrame"),
+            "minItems": 2,
+            "description": "The NDJSON body as the sequence of its lines: start, deltas, (error,) end.",
+        },
+        "PdfStream": {
+            "type": "array",
+            "items": ref("PdfFrame"),
+            "minItems": 2,
+            "description": "The NDJSON body as the sequence of its lines: start, page frames, (error,) end.",
+        },
+        "OcrUpload": obj(
+            {
+                "file": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "An image (PNG, JPEG, WebP, GIF, BMP, TIFF) or a PDF, recognised by its bytes.",
+                },
+                "prompt": {
+                    "type": "string",
+                    "maxLength": MAX_PROMPT_CHARS,
+                    "description": "Empty: the server's LLM_PROMPT.",
+                },
+            },
+            required=["file"],
+        ),
+        # --- stored jobs ------------------------------------------------------------------------------------
+        "JobUsage": obj({**image_usage, "pages": COUNT}),
+        "StoredPage": obj(
+            {
+                "page": PAGE_NUMBER,
+                "status": {"enum": STORED_PAGE_STATUSES},
+                "text": TEXT,
+                "finish_reason": nullable(TEXT),
+                "usage": ref("PageUsage"),
+                "error": nullable(ref("ErrorDetail")),
+                "width": nullable(COUNT),
+                "height": nullable(COUNT),
+                "layout": nullable({"type": "array", "items": {"type": "object"}}),
+                "duration_ms": nullable(COUNT),
+            }
+        ),
+        "Job": obj(
+            {
+                "id": UUID,
+                "kind": {"enum": ["image", "pdf"]},
+                "status": {"enum": STORED_JOB_STATUSES},
+                "source": {"enum": ["api", "web", "cli"]},
+                "file_name": TEXT,
+                "content_type": TEXT,
+                "prompt": TEXT,
+                "engine": TEXT,
+                "model": TEXT,
+                "pages": COUNT,
+                "pages_done": COUNT,
+                "pages_failed": COUNT,
+                "created_at": TIMESTAMP,
+                "finished_at": nullable(TIMESTAMP),
+                "duration_ms": nullable(COUNT),
+                "first_delta_ms": nullable(COUNT),
+                "usage": ref("JobUsage"),
+                "error": nullable(ref("ErrorDetail")),
+                "pages_detail": {"type": "array", "items": ref("StoredPage")},
+                "text": {"type": "string", "description": "The pages' text joined by blank lines."},
+            },
+            description="A stored job (``interrupted``: the server stopped while it ran; usage is what was spent).",
+        ),
+        # --- accounts ---------------------------------------------------------------------------------------
+        "Credentials": obj(
+            {
+                "username": {"type": "string", "minLength": 1, "maxLength": 150},
+                "password": {"type": "string", "minLength": 1},
+                "email": {"type": "string"},
+            },
+            required=["username", "password"],
+        ),
+        "TokenRequest": obj(
+            {
+                "grant_type": {"enum": ["password"]},
+                "username": {"type": "string", "minLength": 1},
+                "password": {"type": "string", "minLength": 1},
+            },
+            required=["username", "password"],
+            description="OAuth2 password grant.",
+        ),
+        "Token": obj(
+            {
+                "access_token": {"type": "string", "description": "Shown once; the server keeps only its digest."},
+                "token_type": const("bearer"),
+                "expires_in": COUNT,
+                "expires_at": TIMESTAMP,
+            }
+        ),
+        "User": obj(
+            {
+                "id": {"type": "integer"},
+                "username": TEXT,
+                "email": TEXT,
+                "is_staff": FLAG,
+                "date_joined": nullable(TIMESTAMP),
+            }
+        ),
+        "Me": {
+            "allOf": [ref("User"), obj({"auth_enabled": FLAG})],
+            "description": "With ``AUTH_ENABLED=false`` every request is the shared ``anonymous`` user.",
+        },
+        "UsageEvent": obj(
+            {
+                "job_id": UUID,
+                "kind": {"enum": ["image", "pdf"]},
+                "status": {"enum": STORED_JOB_STATUSES},
+                "created_at": TIMESTAMP,
+                "file_name": TEXT,
+                "engine": TEXT,
+                "model": TEXT,
+                "pages": COUNT,
+                "input_bytes": COUNT,
+                "prompt_tokens": COUNT,
+                "completion_tokens": COUNT,
+                "prompt_chars": COUNT,
+                "completion_chars": COUNT,
+                "estimated": FLAG,
+                "duration_ms": nullable(COUNT),
+            }
+        ),
+        "UsageSummary": obj(
+            {
+                "events": COUNT,
+                "pages": COUNT,
+                "pages_done": COUNT,
+                "failed": COUNT,
+                "input_bytes": COUNT,
+                "prompt_tokens": COUNT,
+                "completion_tokens": COUNT,
+                "prompt_chars": COUNT,
+                "completion_chars": COUNT,
+                "total_tokens": COUNT,
+            },
+            description="Totals over all of the user's jobs, deleted, failed and cancelled ones included.",
+        ),
+    }
+
+
+# --- operations -------------------------------------------------------------------------------------------
+
+ERROR_STATUSES = {
+    400: "Bad request: see ``error.code``.",
+    401: "No valid bearer token (missing, unknown, expired or revoked).",
+    403: "Forbidden.",
+    404: "Not found (another user's job is not found either).",
+    411: "A chunked upload: send it with a Content-Length.",
+    413: "The upload is larger than OCR_MAX_UPLOAD_BYTES (refused from its Content-Length).",
+    415: "Not an image or a PDF, or the other endpoint's kind.",
+    422: "The input was understood but refused: see ``error.code``.",
+    429: "A limit: too many jobs running, the daily page quota, or too many sign-in or registration attempts.",
+    503: "No OCR engine is configured.",
+}
+
+
+def error(status: int, description: str | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description or ERROR_STATUSES[status],
+        "content": {"application/json": {"schema": ref("Error")}},
+    }
+    if status == 429:
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds until the request may succeed.",
+                "schema": {"type": "integer", "minimum": 1},
+                "required": True,
+            }
+        }
+    if status == 401:
+        response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}
+    return response
+
+
+def errors(*statuses: int) -> dict[str, Any]:
+    return {str(status): error(status) for status in statuses}
+
+
+def json_ok(schema: dict[str, Any], description: str, status: int = 200) -> dict[str, Any]:
+    return {str(status): {"description": description, "content": {"application/json": {"schema": schema}}}}
+
+
+def ocr_operation(kind: str) -> dict[str, Any]:
+    stream = "ImageStream" if kind == "image" else "PdfStream"
+    frame = "ImageFrame" if kind == "image" else "PdfFrame"
+    what = "an image" if kind == "image" else "a PDF (pages in parallel)"
+    return {
+        "operationId": f"ocr_{kind}",
+        "tags": ["ocr"],
+        "summary": f"Read {what}, streaming the text as NDJSON",
+        "description": (
+            "Answers `application/x-ndjson; charset=utf-8`: one JSON object per line, sent as soon as it is "
+            f"produced (each line is a `{frame}`). Every stream that started ends with exactly one `end` frame"
+            + (", and every `page_start` gets exactly one `page_end`" if kind == "pdf" else "")
+            + ". Failures after the stream started are frames, not HTTP errors. A client that disconnects "
+            "cancels the job (its usage so far is recorded)."
+        ),
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": ref("OcrUpload")}},
+        },
+        "responses": {
+            "200": {
+                "description": "The stream of frames.",
+                "headers": {"X-Job-Id": {"description": "The job's id.", "schema": UUID}},
+                "content": {NDJSON: {"schema": ref(stream)}},
+            },
+            **errors(400, 401, 411, 413, 415, 422, 429, 503),
+        },
+    }
+
+
+def paths() -> dict[str, Any]:
+    public: list[dict[str, list[str]]] = []
+    return {
+        "/api/ocr/image": {"post": ocr_operation("image")},
+        "/api/ocr/pdf": {"post": ocr_operation("pdf")},
+        "/api/jobs/{job_id}": {
+            "get": {
+                "operationId": "job_detail",
+                "tags": ["jobs"],
+                "summary": "A stored job of yours, with every page's text",
+                "parameters": [
+                    {"name": "job_id", "in": "path", "required": True, "schema": UUID, "description": "From `start`."}
+                ],
+                "responses": {**json_ok(ref("Job"), "The job."), **errors(401, 404)},
+            }
+        },
+        "/api/auth/register": {
+            "post": {
+                "operationId": "register",
+                "tags": ["accounts"],
+                "summary": "Create an account (when REGISTRATION_OPEN)",
+                "security": public,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": ref("Credentials")},
+                        "application/x-www-form-urlencoded": {"schema": ref("Credentials")},
+                    },
+                },
+                "responses": {
+                    **json_ok(ref("User"), "The new account.", status=201),
+                    **errors(400, 422, 429),
+                    "403": error(403, "Registration is closed on this server (`registration_closed`)."),
+                },
+            }
+        },
+        "/api/auth/token": {
+            "post": {
+                "operationId": "issue_token",
+                "tags": ["accounts"],
+                "summary": "Sign in: a bearer token for ACCESS_TOKEN_EXPIRE_MINUTES",
+                "security": public,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {"schema": ref("TokenRequest")},
+                        "application/json": {"schema": ref("TokenRequest")},
+                    },
+                },
+                "responses": {
+                    **json_ok(ref("Token"), "A new token."),
+                    **errors(400, 422, 429),
+                    "401": error(401, "Wrong user name or password (`invalid_credentials`)."),
+                },
+            }
+        },
+        "/api/users/me": {
+            "get": {
+                "operationId": "me",
+                "tags": ["accounts"],
+                "summary": "The account the token belongs to",
+                "responses": {**json_ok(ref("Me"), "The account."), **errors(401)},
+            }
+        },
+        "/api/users/me/usage": {
+            "get": {
+                "operationId": "my_usage",
+                "tags": ["accounts"],
+                "summary": "Your latest 200 jobs as usage records, newest first",
+                "responses": {
+                    **json_ok({"type": "array", "items": ref("UsageEvent"), "maxItems": 200}, "Usage records."),
+                    **errors(401),
+                },
+            }
+        },
+        "/api/users/me/usage/summary": {
+            "get": {
+                "operationId": "my_usage_summary",
+                "tags": ["accounts"],
+                "summary": "Your usage totals",
+                "responses": {**json_ok(ref("UsageSummary"), "Totals."), **errors(401)},
+            }
+        },
+        "/api/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "tags": ["meta"],
+                "summary": "Prometheus metrics (also at /metrics)",
+                "description": "Needs `Authorization: Bearer <METRICS_TOKEN>` when METRICS_TOKEN is set, and a "
+                "client address in METRICS_ALLOWED_IPS when that is set.",
+                "security": [{}, {"metricsToken": []}],
+                "responses": {
+                    "200": {
+                        "description": "The Prometheus text format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": error(401, "METRICS_TOKEN is set and the request does not carry it."),
+                    "403": error(403, "The client address is not in METRICS_ALLOWED_IPS."),
+                },
+            }
+        },
+        "/api/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "tags": ["meta"],
+                "summary": "This document",
+                "security": public,
+                "responses": json_ok({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI 3.1."),
+            }
+        },
+        "/api/docs": {
+            "get": {
+                "operationId": "docs",
+                "tags": ["meta"],
+                "summary": "This document as an interactive page",
+                "security": public,
+                "responses": {
+                    "200": {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
+    }
+
+
+DESCRIPTION = """\
+Read images and PDFs with DeepSeek-OCR (vLLM) or the embedded engine, streaming the text as NDJSON.
+
+Authenticate with `Authorization: Bearer <token>`: a token from `POST /api/auth/token` or one created on the
+"API tokens" page. The API never accepts the browser's session cookie.
+
+Errors before a stream starts have the body `{"error": {"code": …, "message": …}}` and the status listed for each
+operation; limits answer 429 with `Retry-After`.
+"""
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    """The OpenAPI document (built once per process)."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "My OCR API",
+            "version": API_VERSION,
+            "description": DESCRIPTION,
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "tags": [
+            {"name": "ocr", "description": "Streaming OCR."},
+            {"name": "jobs", "description": "Stored results."},
+            {"name": "accounts", "description": "Registration, tokens, identity and usage."},
+            {"name": "meta", "description": "Metrics and this documentation."},
+        ],
+        "security": [{"bearerAuth": []}],
+        "paths": paths(),
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token from /api/auth/token or the API tokens page (`mocr_…`).",
+                },
+                "metricsToken": {"type": "http", "scheme": "bearer", "description": "The server's METRICS_TOKEN."},
+            },
+        },
+    }
+
+
+@functools.cache
+def document_bytes() -> bytes:
+    return orjson.dumps(document())
+
+
+async def openapi_json(request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        return method_not_allowed()
+    response = HttpResponse(document_bytes(), content_type="application/json")
+    response["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+async def api_docs(request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        return method_not_allowed()
+    return render(request, "api/docs.html")
+
+
+def method_not_allowed() -> HttpResponse:
+    return error_response(ApiError("Use GET.", code="method_not_allowed", status=405, headers={"Allow": "GET, HEAD"}))
