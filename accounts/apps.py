@@ -4,3 +4,7 @@ from django.apps import AppConfig
 class AccountsConfig(AppConfig):
     name = "accounts"
     verbose_name = "Accounts"
+
+    def ready(self) -> None:
+        # Registers the deploy checks that see this project's security middleware (manage.py check --deploy).
+        from myocr import security  # noqa: F401
