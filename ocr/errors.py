@@ -34,5 +34,5 @@ ENGINE_TIMEOUT = "engine_timeout"  # no first token, no next token, or no end wi
 ENGINE_BAD_REQUEST = "engine_bad_request"  # the engine refused the request (4xx)
 ENGINE_ERROR = "engine_error"  # 5xx, an error inside the stream, a dropped connection, a malformed stream
 ENGINE_CUT_OFF = "engine_cut_off"  # finish_reason "length": the text is incomplete (token budget or a loop)
-CANCELLED = "cancelled"  # the client went away
+CANCELLED = "cancelled"  # the client went away, or the owner cancelled the job
 INTERRUPTED = "interrupted"  # the server stopped while the job ran

@@ -115,6 +115,7 @@ class LiveJob:
     def cancel(self) -> None:
         """Stop the job; the pipeline records it as cancelled with the usage so far."""
         self._cancel_requested = True
+        self.run.cancel_reason = "cancelled by its owner."
         if self._started and self.task is not None:
             self.task.cancel()
 

@@ -68,6 +68,8 @@ class JobRun:
         self._started = 0.0
         self._first_delta_ms: int | None = None
         self.error: dict[str, str] | None = None
+        #: Why a cancellation happened, for the ledger: a consumer that cancels on purpose says so first.
+        self.cancel_reason = "the client went away."
         self.started = False
 
     # --- consumer side ------------------------------------------------------------------------------------
@@ -194,7 +196,8 @@ class JobRun:
                 outcome.error_code, outcome.error_message = exc.code, exc.message
             except asyncio.CancelledError:
                 outcome.status = PageStatus.CANCELLED
-                outcome.error_code, outcome.error_message = errors.CANCELLED, "The client went away."
+                outcome.error_code = errors.CANCELLED
+                outcome.error_message = f"The job was cancelled: {self.cancel_reason}"
                 outcome.text = "".join(parts)
                 # Tokens already streamed were spent on the GPU: count them, flagged as an estimate.
                 outcome.completion_tokens, outcome.estimated = len(parts), True
@@ -248,7 +251,7 @@ class JobRun:
         self._in_flight.clear()
         error = None if status == JobStatus.DONE else self._first_error
         if status == JobStatus.CANCELLED:
-            error = {"code": errors.CANCELLED, "message": "The job was cancelled: the client went away."}
+            error = {"code": errors.CANCELLED, "message": f"The job was cancelled: {self.cancel_reason}"}
         elif status == JobStatus.FAILED and error is None:
             error = {"code": "internal_error", "message": "The job failed."}
         self.error = error

@@ -187,6 +187,7 @@ async def test_cancel_stops_the_engine_and_records_the_job_as_cancelled(web, fak
     assert response.status_code == 302
     job = await wait_for_job(job_id)
     assert job.status == "cancelled"
+    assert job.error_message == "The job was cancelled: cancelled by its owner.", "the ledger says who cancelled"
     events = await read_events(web, job_id)
     assert "This job was cancelled" in events[0]["data"]
 
