@@ -12,6 +12,7 @@ from django.contrib.auth import aauthenticate
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_post_parameters
 
@@ -33,7 +34,10 @@ def request_data(request: HttpRequest) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise ApiError("The body must be a JSON object.", code="invalid_json")
         return data
-    return request.POST.dict()
+    try:
+        return request.POST.dict()
+    except MultiPartParserError:
+        raise ApiError("The form body could not be read.", code="bad_request") from None
 
 
 def _text_field(data: dict[str, Any], name: str) -> str:

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
 
@@ -112,3 +113,31 @@ def api_endpoint(*, methods: tuple[str, ...], auth: bool = True) -> Callable[[Ap
         return wrapper
 
     return decorate
+
+
+# --- error pages of the API -------------------------------------------------------------------------------
+# Django answers some failures itself, before or outside a view: an unknown path, a body it refuses to parse,
+# a crash. Under /api/ those answers are JSON with the usual error body too (``urls.handler400`` etc.; Django uses
+# them when DEBUG is off).
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return error_response(ApiError("The request could not be read.", code="bad_request", status=400))
+    return defaults.bad_request(request, exception)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return error_response(ApiError("No such endpoint.", code="not_found", status=404))
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        return error_response(ApiError("Internal error.", code="internal_error", status=500))
+    return defaults.server_error(request)

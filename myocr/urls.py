@@ -34,3 +34,7 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("", include("ocr.urls")),
 ]
+
+handler400 = "myocr.http.bad_request"
+handler404 = "myocr.http.not_found"
+handler500 = "myocr.http.server_error"

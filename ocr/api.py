@@ -6,6 +6,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.multipartparser import MultiPartParserError
 
 from myocr.http import ApiError, api_endpoint
 from ocr import engines, intake, metrics
@@ -47,10 +48,13 @@ async def read_upload(request: HttpRequest) -> tuple[intake.Upload, str]:
             return None, prompt
         return intake.Upload(data=upload.read(), file_name=intake.clean_file_name(upload.name)), prompt
 
-    if length > PARSE_IN_THREAD_ABOVE:
-        upload, prompt = await sync_to_async(parse, thread_sensitive=False)()
-    else:
-        upload, prompt = parse()
+    try:
+        if length > PARSE_IN_THREAD_ABOVE:
+            upload, prompt = await sync_to_async(parse, thread_sensitive=False)()
+        else:
+            upload, prompt = parse()
+    except MultiPartParserError:
+        raise IntakeError("The multipart/form-data body could not be read.", code="bad_request", status=400) from None
     if upload is None:
         raise IntakeError("No file in the request: send it in a field named 'file'.", code="missing_file")
     return upload, prompt
