@@ -1,8 +1,9 @@
-"""Run several Daphne processes on one listening socket (``WEB_CONCURRENCY`` of them, pre-fork style).
+"""Run several Daphne processes on one port (``WEB_CONCURRENCY`` of them, pre-fork style).
 
-Daphne is one process; a host with more cores runs several. This opens the socket once (backlog 1024), starts
-``WEB_CONCURRENCY`` ``daphne --fd`` workers on it (the kernel hands each connection to one of them) and keeps
-them running. Metrics stay right across the workers through prometheus_client's multiprocess mode:
+Daphne is one process; a host with more cores runs several. This opens one listening socket per worker on the
+port (``SO_REUSEPORT``, backlog 1024; the kernel spreads connections over them), starts a ``daphne --fd`` worker
+on each and keeps them running. Metrics stay right across the workers through prometheus_client's multiprocess
+mode:
 
 - ``PROMETHEUS_MULTIPROC_DIR`` (required) is emptied before the workers start, so no value of a previous run
   survives;
@@ -26,6 +27,17 @@ from pathlib import Path
 from prometheus_client import multiprocess
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
 def main() -> int:
     workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
     host = os.environ.get("HOST", "0.0.0.0")  # noqa: S104 - the container's own interface
@@ -34,41 +46,43 @@ def main() -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
 
-    listener = socket.create_server((host, port), backlog=1024)
-    listener.set_inheritable(True)
-    fd = listener.fileno()
-    command = [sys.executable, "-m", "daphne", "--fd", str(fd), "myocr.asgi:application"]
-    children: dict[int, subprocess.Popen[bytes]] = {}
+    # One socket per worker, all on the same port with SO_REUSEPORT: the kernel spreads new connections over
+    # them evenly. (With one shared socket, whichever process wakes first accepts a whole burst.)
+    sockets = [listening_socket(host, port) for _ in range(workers)]
+    children: dict[int, tuple[subprocess.Popen[bytes], int]] = {}
     stopping = False
 
-    def spawn() -> None:
+    def spawn(slot: int) -> None:
+        fd = sockets[slot].fileno()
+        command = [sys.executable, "-m", "daphne", "--fd", str(fd), "myocr.asgi:application"]
         child = subprocess.Popen(command, pass_fds=(fd,))  # noqa: S603 - our own command line
-        children[child.pid] = child
+        children[child.pid] = (child, slot)
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
-        for child in list(children.values()):
+        for child, _slot in list(children.values()):
             child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for _ in range(workers):
-        spawn()
+    for slot in range(workers):
+        spawn(slot)
     print(f"serving on {host}:{port} with {workers} Daphne processes", flush=True)
     while children:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        if children.pop(pid, None) is None:
+        exited = children.pop(pid, None)
+        if exited is None:
             continue
         multiprocess.mark_process_dead(pid)
         if not stopping:
             print(f"worker {pid} exited ({status}); starting another", flush=True)
             time.sleep(1)  # do not spin if workers die at start
             if not stopping:
-                spawn()
+                spawn(exited[1])
     return 0
 
 

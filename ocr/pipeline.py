@@ -26,7 +26,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from ocr import errors, metrics
+from ocr import errors, metrics, pacing
 from ocr.engines.base import Completion, Engine
 from ocr.errors import EngineError
 from ocr.intake import Document
@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 END = "end"
-# Longest time text waits to be sent with the text after it; far below what a reader notices.
-FLUSH_INTERVAL = 0.04
+
+#: Jobs of this process whose events are being consumed; sets how long text waits to be batched (ocr/pacing.py).
+_consumed_runs = 0
 
 
 class JobRun:
@@ -74,23 +75,25 @@ class JobRun:
 
     # --- consumer side ------------------------------------------------------------------------------------
 
-    async def batches(self, *, min_interval: float = FLUSH_INTERVAL) -> AsyncIterator[list[Event]]:
+    async def batches(self) -> AsyncIterator[list[Event]]:
         """Yield the events that are ready, in order, as lists; the last list ends with the ``end`` event.
 
-        Text that arrives less than ``min_interval`` after the previous batch waits for the rest of that
-        interval, so a stream of tokens becomes a few chunks a second instead of one per token; the first
+        Text that arrives sooner after the previous batch than ``pacing.interval`` allows waits for the rest of
+        that interval, so a stream of tokens becomes a few chunks a second instead of one per token; the first
         text of a quiet stream and every other event go out at once.
         """
+        global _consumed_runs
         self.started = True
         runner = asyncio.create_task(self._run(), name=f"ocr-job-{self.job.pk}")
         queue = self._queue
         loop = asyncio.get_running_loop()
         last_yield = 0.0
+        _consumed_runs += 1
         try:
             while True:
                 batch = [await queue.get()]
                 if batch[0]["type"] == "page_delta":
-                    wait = last_yield + min_interval - loop.time()
+                    wait = last_yield + pacing.interval(_consumed_runs) - loop.time()
                     if wait > 0:
                         await asyncio.sleep(wait)
                 while not queue.empty():
@@ -100,6 +103,7 @@ class JobRun:
                 if batch[-1]["type"] == END:
                     return
         finally:
+            _consumed_runs -= 1
             if not runner.done():
                 runner.cancel()
             # Let the runner record the cancellation, even though our own task is being cancelled.

@@ -21,6 +21,7 @@ import httpx2
 import openai
 import orjson
 
+from ocr import pacing
 from ocr.config import OcrConfig
 from ocr.engines.base import Completion, DeltaCallback, Engine, PageImage
 from ocr.errors import (
@@ -34,7 +35,6 @@ from ocr.errors import (
 logger = logging.getLogger(__name__)
 
 RETRY_DELAYS = (0.25, 1.0)  # before the first token only: the request never reached the GPU
-READ_INTERVAL = 0.04  # seconds between reads of a busy stream
 
 
 class SseStream:
@@ -211,7 +211,7 @@ class VllmEngine(Engine):
                                     rescheduled_at = now
                                 # Let tokens pile up in the socket buffer for a moment: one read of several
                                 # tokens costs little more than a read of one.
-                                pause = READ_INTERVAL - (now - read_at)
+                                pause = pacing.interval(self.busy()) - (now - read_at)
                                 if pause > 0:
                                     if socket_transport is not None:
                                         socket_transport.pause_reading()
