@@ -200,7 +200,7 @@ def forget_old_workers(now: datetime | None = None) -> None:
 
 _started = threading.Lock()
 _thread: threading.Thread | None = None
-#: Set after the first heartbeat and recovery of this process (tests and readiness wait for it).
+#: Set after the first heartbeat and recovery of this process.
 recovered = threading.Event()
 
 
