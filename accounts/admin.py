@@ -42,7 +42,7 @@ class UserLimitsAdmin(admin.ModelAdmin):
     def usage_now(self, limits: UserLimits) -> str:
         if not limits.user_id:
             return "—"
-        allowance = job_allowance(owner=limits.user)
+        allowance = job_allowance(owner=limits.user, measure=True)
         return _("%(running)s of %(max_running)s jobs running, %(pages)s of %(daily)s pages today") % {
             "running": allowance.running_jobs,
             "max_running": allowance.max_running_jobs or "∞",

@@ -17,6 +17,7 @@ because a job was cancelled or interrupted do not count.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
@@ -25,10 +26,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
-from django.db.models import Case, Count, F, IntegerField, OuterRef, Subquery, Sum, Value, When
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from accounts.models import UserLimits
 from myocr.http import ApiError
 from ocr.models import JobStatus, OcrJob
 
@@ -69,37 +69,64 @@ def seconds_until_tomorrow(now: datetime | None = None) -> int:
     return max(1, math.ceil((tomorrow - now).total_seconds()))
 
 
-def job_allowance(*, owner: AbstractBaseUser, now: datetime | None = None, lock: bool = False) -> JobAllowance:
-    """The owner's limits and usage in one query; ``lock`` (inside a transaction) locks the user's row where the
-    database can, so that concurrent admissions of one user queue."""
-    jobs = OcrJob.objects.filter(owner=OuterRef("pk")).order_by().values("owner")
-    running = jobs.filter(status=JobStatus.RUNNING).annotate(n=Count("pk")).values("n")
-    counted_pages = Case(
-        When(status=JobStatus.RUNNING, then=F("page_count")), default=F("pages_done"), output_field=IntegerField()
-    )
-    pages = jobs.filter(created_at__gte=day_start(now)).annotate(n=Sum(counted_pages)).values("n")
-    query = (
-        get_user_model()
-        .objects.filter(pk=owner.pk)
-        .only("pk")
-        .annotate(
-            running_jobs=Coalesce(Subquery(running, output_field=IntegerField()), Value(0)),
-            pages_today=Coalesce(Subquery(pages, output_field=IntegerField()), Value(0)),
-            own_max_running_jobs=F("ocr_limits__max_running_jobs"),
-            own_daily_pages=F("ocr_limits__daily_pages"),
-        )
-    )
+def job_allowance(
+    *, owner: AbstractBaseUser, now: datetime | None = None, lock: bool = False, measure: bool = False
+) -> JobAllowance:
+    """The owner's limits and usage in one query. A usage whose limit is off (0) is not counted (reported as 0)
+    unless ``measure``. ``lock`` (inside a transaction) first locks the user's row where the database can, so that
+    concurrent admissions of one user queue."""
     if lock and connection.features.has_select_for_update:
         # A statement of its own: under READ COMMITTED the counting statement must start after the lock is held,
         # or its snapshot could miss the job that the previous holder of the lock inserted.
-        list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
-    row = query.get()
+        with connection.cursor() as cursor:
+            cursor.execute(_lock_sql(), [owner.pk])
+    default_jobs, default_pages = settings.OCR_USER_MAX_RUNNING_JOBS, settings.OCR_USER_DAILY_PAGES
+    skip = 0 if measure else 1
+    params = [
+        skip, default_jobs, JobStatus.RUNNING,
+        skip, default_pages, JobStatus.RUNNING, connection.ops.adapt_datetimefield_value(day_start(now)),
+        owner.pk,
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(_allowance_sql(), params)
+        own_jobs, own_pages, running, pages = cursor.fetchone()
     return JobAllowance(
-        max_running_jobs=_own_or_default(row.own_max_running_jobs, settings.OCR_USER_MAX_RUNNING_JOBS),
-        daily_pages=_own_or_default(row.own_daily_pages, settings.OCR_USER_DAILY_PAGES),
-        running_jobs=row.running_jobs,
-        pages_today=row.pages_today,
+        max_running_jobs=_own_or_default(own_jobs, default_jobs),
+        daily_pages=_own_or_default(own_pages, default_pages),
+        running_jobs=int(running or 0),
+        pages_today=int(pages or 0),
     )
+
+
+@functools.cache
+def _allowance_sql() -> str:
+    """Plain SQL, written once: the ORM would spend more time compiling this query than the database running it.
+    ``CASE`` evaluates only the branch it takes, so a limit that is off costs no counting at all."""
+    quote = connection.ops.quote_name
+    jobs, job = OcrJob._meta, {field.name: quote(field.column) for field in OcrJob._meta.concrete_fields}
+    limits = UserLimits._meta
+    limit = {field.name: quote(field.column) for field in limits.concrete_fields}
+    users = get_user_model()._meta
+    # Identifiers come from the models' metadata; every value is a parameter.
+    return (
+        f"SELECT l.{limit['max_running_jobs']}, l.{limit['daily_pages']}, "  # noqa: S608
+        f"CASE WHEN %s = 1 AND COALESCE(l.{limit['max_running_jobs']}, %s) = 0 THEN 0 ELSE "
+        f"(SELECT COUNT(*) FROM {quote(jobs.db_table)} j WHERE j.{job['owner']} = u.{quote(users.pk.column)} "
+        f"AND j.{job['status']} = %s) END, "
+        f"CASE WHEN %s = 1 AND COALESCE(l.{limit['daily_pages']}, %s) = 0 THEN 0 ELSE "
+        f"(SELECT COALESCE(SUM(CASE WHEN j.{job['status']} = %s THEN j.{job['page_count']} "
+        f"ELSE j.{job['pages_done']} END), 0) FROM {quote(jobs.db_table)} j "
+        f"WHERE j.{job['owner']} = u.{quote(users.pk.column)} AND j.{job['created_at']} >= %s) END "
+        f"FROM {quote(users.db_table)} u LEFT JOIN {quote(limits.db_table)} l ON l.{limit['user']} = "
+        f"u.{quote(users.pk.column)} WHERE u.{quote(users.pk.column)} = %s"
+    )
+
+
+@functools.cache
+def _lock_sql() -> str:
+    users = get_user_model()._meta
+    quote = connection.ops.quote_name
+    return f"SELECT 1 FROM {quote(users.db_table)} WHERE {quote(users.pk.column)} = %s FOR UPDATE"  # noqa: S608
 
 
 def _own_or_default(own: int | None, default: int) -> int:

@@ -115,6 +115,8 @@ class OcrJob(UsageFields):
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="ocrjob_owner_created"),
             models.Index(fields=["status", "worker"], name="ocrjob_status_worker"),
+            # A user's running jobs, counted by the per-user limit on every upload (accounts/limits.py).
+            models.Index(fields=["owner", "status"], name="ocrjob_owner_status"),
         ]
 
     def __str__(self) -> str:
