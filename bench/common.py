@@ -90,28 +90,34 @@ def reset_peak_rss(pid: int) -> None:
 
 
 class RssSampler:
-    """Samples a process's RSS in the background; ``peak`` is the highest reading (and the kernel's HWM)."""
+    """Samples a process tree's RSS in the background; ``peak`` is the highest reading (and the kernel's HWM).
+
+    The tree is listed once at the start: walking ``/proc`` on every sample would cost the client enough CPU to
+    skew what it measures.
+    """
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
         self.pid = pid
         self.interval = interval
         self.peak = 0
+        self._pids: list[int] = []
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RssSampler:
+        self._pids = process_tree(self.pid)
         reset_peak_rss(self.pid)
         self._task = asyncio.create_task(self._run())
         return self
 
     async def _run(self) -> None:
         while True:
-            self.peak = max(self.peak, rss_bytes(self.pid))
+            self.peak = max(self.peak, sum(_status_kb(pid, "VmRSS:") for pid in self._pids))
             await asyncio.sleep(self.interval)
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
         self._task.cancel()
-        self.peak = max(self.peak, peak_rss_bytes(self.pid))
+        self.peak = max(self.peak, sum(_status_kb(pid, "VmHWM:") for pid in self._pids))
 
 
 # --- servers ----------------------------------------------------------------------------------------------
