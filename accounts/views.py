@@ -79,8 +79,8 @@ def login_rate_limited(view: Callable[..., HttpResponse]) -> Callable[..., HttpR
         username = request.POST.get("username", "")
         retry_after = ratelimit.login_retry_after(request, username)
         if retry_after is not None:
-            response = HttpResponse(too_many_attempts_message(retry_after), content_type="text/plain; charset=utf-8")
-            return rate_limited(response, retry_after)
+            context = {"message": too_many_attempts_message(retry_after), "back": request.get_full_path()}
+            return rate_limited(render(request, "429.html", context), retry_after)
         response = view(request, *args, **kwargs)
         if response.status_code in (301, 302, 303):
             ratelimit.login_succeeded(request, username)

@@ -379,6 +379,8 @@ async def test_the_admin_login_form_is_rate_limited(settings, alice):
 
     assert response.status_code == 429
     assert int(response["Retry-After"]) >= 1
+    assert response["Content-Type"].startswith("text/html"), "a styled page, like the other errors"
+    assert "Too many attempts" in response.content.decode()
 
 
 async def test_registration_is_rate_limited_per_address(settings, transactional_db):
