@@ -9,13 +9,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.http.multipartparser import MultiPartParserError
 
 from myocr.http import ApiError, api_endpoint
-from ocr import engines, intake, metrics
+from ocr import intake, metrics
 from ocr.config import ocr_config
 from ocr.errors import IntakeError
 from ocr.models import JobSource
-from ocr.pipeline import JobRun
+from ocr.pipeline import prepare_job
 from ocr.selectors import ajob_detail, ajob_for_owner
-from ocr.services import job_abandon, job_create
+from ocr.services import job_abandon
 from ocr.transports import NDJSON_CONTENT_TYPE, ndjson_stream
 
 
@@ -76,36 +76,11 @@ async def start_ocr(request: HttpRequest, *, kind: str) -> HttpResponse:
 
 
 async def _start_job(request: HttpRequest, *, kind: str) -> HttpResponse:
-    config = ocr_config()
     upload, raw_prompt = await read_upload(request)
-    prompt = clean_prompt(raw_prompt)
-    engine = engines.get_engine()
-    document = await intake.open_upload(upload, expected_kind=kind, config=config)
-    try:
-        job = await job_create(
-            owner=request.user,
-            kind=kind,
-            source=JobSource.API,
-            file_name=upload.file_name,
-            content_type=document.content_type,
-            data=upload.data,
-            prompt=prompt,
-            engine=engine.name,
-            model=engine.model,
-            page_count=document.page_count,
-            keep_upload=config.keep_uploads,
-            enforce_limits=True,
-        )
-    except BaseException:
-        await document.aclose()
-        raise
-    run = JobRun(
-        job=job,
-        document=document,
-        engine=engine,
-        prompt=prompt,
-        page_concurrency=config.page_concurrency,
+    run = await prepare_job(
+        owner=request.user, upload=upload, kind=kind, source=JobSource.API, prompt=clean_prompt(raw_prompt)
     )
+    job = run.job
     response = StreamingHttpResponse(ndjson_stream(run.batches(), kind), content_type=NDJSON_CONTENT_TYPE)
     response["Cache-Control"] = "no-store"
     response["X-Accel-Buffering"] = "no"

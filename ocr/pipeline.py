@@ -24,14 +24,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from ocr import errors, metrics, pacing
+from ocr import engines, errors, intake, metrics, pacing
+from ocr.config import ocr_config
 from ocr.engines.base import Completion, Engine
 from ocr.errors import EngineError
 from ocr.intake import Document
 from ocr.models import JobStatus, OcrJob, PageStatus
-from ocr.services import JobTotals, PageOutcome, job_finish, page_record
+from ocr.services import JobTotals, PageOutcome, job_create, job_finish, page_record
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,45 @@ END = "end"
 
 #: Jobs of this process whose events are being consumed; sets how long text waits to be batched (ocr/pacing.py).
 _consumed_runs = 0
+
+
+async def prepare_job(
+    *,
+    owner: AbstractBaseUser,
+    upload: intake.Upload,
+    kind: str,
+    source: str,
+    prompt: str,
+    enforce_limits: bool = True,
+) -> JobRun:
+    """The one way in for every door (API, browser, command): validate ``upload`` for ``kind``, record the job
+    and return its run, ready to be consumed.
+
+    Raises before anything is recorded: ``IntakeError`` (the upload), ``EngineNotConfigured``, and with
+    ``enforce_limits`` the owner's ``LimitExceeded``.
+    """
+    config = ocr_config()
+    engine = engines.get_engine()
+    document = await intake.open_upload(upload, expected_kind=kind, config=config)
+    try:
+        job = await job_create(
+            owner=owner,
+            kind=kind,
+            source=source,
+            file_name=upload.file_name,
+            content_type=document.content_type,
+            data=upload.data,
+            prompt=prompt,
+            engine=engine.name,
+            model=engine.model,
+            page_count=document.page_count,
+            keep_upload=config.keep_uploads,
+            enforce_limits=enforce_limits,
+        )
+    except BaseException:
+        await document.aclose()
+        raise
+    return JobRun(job=job, document=document, engine=engine, prompt=prompt, page_concurrency=config.page_concurrency)
 
 
 class JobRun:

@@ -40,16 +40,16 @@ from PIL import Image
 from accounts.decorators import page_owner_required
 from accounts.limits import LimitExceeded
 from myocr import startup
-from ocr import engines, intake, selectors
+from ocr import intake, selectors
 from ocr.config import ocr_config
 from ocr.errors import OcrError
 from ocr.forms import PRESETS, UploadForm
 from ocr.fragments import LiveRenderer, page_view, usage_view
 from ocr.live import follow_job, request_cancel, start_live_job
 from ocr.models import JobSource, OcrJob
-from ocr.pipeline import JobRun
+from ocr.pipeline import prepare_job
 from ocr.rendering import render_page
-from ocr.services import job_create, job_delete
+from ocr.services import job_delete
 from ocr.transports import sse_event
 
 PAGE_SIZE = 20
@@ -137,49 +137,24 @@ async def job_new(request: HttpRequest) -> HttpResponse:
     form = UploadForm(post, files)
     if not await sync_to_async(form.is_valid)():
         return await _upload_refused(request, form)
-    config = ocr_config()
     uploaded = form.cleaned_data["file"]
     data = await sync_to_async(uploaded.read, thread_sensitive=False)()
     upload = intake.Upload(data=data, file_name=intake.clean_file_name(uploaded.name))
     kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
     try:
-        engine = engines.get_engine()
-        document = await intake.open_upload(upload, expected_kind=kind, config=config)
-    except OcrError as error:
-        form.add_error("file", intake_message(error))
-        return await _upload_refused(request, form, status=error.status)
-    try:
-        job = await job_create(
-            owner=request.owner,
-            kind=kind,
-            source=JobSource.WEB,
-            file_name=upload.file_name,
-            content_type=document.content_type,
-            data=data,
-            prompt=form.cleaned_data["prompt"],
-            engine=engine.name,
-            model=engine.model,
-            page_count=document.page_count,
-            keep_upload=config.keep_uploads,
-            enforce_limits=True,
+        run = await prepare_job(
+            owner=request.owner, upload=upload, kind=kind, source=JobSource.WEB, prompt=form.cleaned_data["prompt"]
         )
     except LimitExceeded as error:
-        await document.aclose()
         form.add_error("file", limit_message(error))
         response = await _upload_refused(request, form, status=error.status)
         for name, value in error.headers.items():
             response[name] = value
         return response
-    except BaseException:
-        await document.aclose()
-        raise
-    run = JobRun(
-        job=job,
-        document=document,
-        engine=engine,
-        prompt=form.cleaned_data["prompt"],
-        page_concurrency=config.page_concurrency,
-    )
+    except OcrError as error:
+        form.add_error("file", intake_message(error))
+        return await _upload_refused(request, form, status=error.status)
+    job = run.job
     start_live_job(run)
     return redirect("ocr:job", job_id=job.pk, permanent=False)
 

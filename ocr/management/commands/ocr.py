@@ -10,13 +10,11 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from myocr.http import anonymous_user
-from ocr import engines, intake
+from ocr import intake
 from ocr.api import clean_prompt
-from ocr.config import ocr_config
 from ocr.errors import OcrError
 from ocr.models import JobSource
-from ocr.pipeline import JobRun
-from ocr.services import job_create
+from ocr.pipeline import prepare_job
 from ocr.transports import ndjson_stream
 
 
@@ -40,28 +38,15 @@ class Command(BaseCommand):
             sys.exit(1)
 
     async def run(self, path: Path, raw_prompt: str, username: str) -> str:
-        config = ocr_config()
         data = await asyncio.to_thread(path.read_bytes)
         kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
         upload = intake.Upload(data=data, file_name=intake.clean_file_name(path.name))
         prompt = clean_prompt(raw_prompt)
         owner = await self.owner(username)
-        engine = engines.get_engine()
-        document = await intake.open_upload(upload, expected_kind=kind, config=config)
-        job = await job_create(
-            owner=owner,
-            kind=kind,
-            source=JobSource.CLI,
-            file_name=upload.file_name,
-            content_type=document.content_type,
-            data=data,
-            prompt=prompt,
-            engine=engine.name,
-            model=engine.model,
-            page_count=document.page_count,
-            keep_upload=config.keep_uploads,
+        run = await prepare_job(
+            owner=owner, upload=upload, kind=kind, source=JobSource.CLI, prompt=prompt, enforce_limits=False
         )
-        run = JobRun(job=job, document=document, engine=engine, prompt=prompt, page_concurrency=config.page_concurrency)
+        engine = run.engine
         out = sys.stdout.buffer
         async for chunk in ndjson_stream(run.batches(), kind):
             out.write(chunk)
