@@ -1,7 +1,7 @@
 """A faithful fake of vLLM's OpenAI-compatible server serving DeepSeek-OCR.
 
 It speaks the wire format of ``vllm serve deepseek-ai/DeepSeek-OCR`` (vLLM 0.13-era, see
-``/work/shared/reference/vllm-deepseek-ocr.md``) closely enough that the real ``openai``
+``shared/reference/vllm-deepseek-ocr.md``) closely enough that the real ``openai``
 client cannot tell the difference, and it can be told to misbehave (slow prefill, slow or
 stalled decoding, HTTP errors, mid-stream error chunks, dropped connections, repetition
 loops that end with ``finish_reason="length"``, busy GPU queues).
