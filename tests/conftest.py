@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +43,40 @@ def fake_vllm_server() -> Iterator[Any]:
     """One fake vLLM server for the whole run, on a free loopback port, in a background thread."""
     with FakeVllm.run_in_thread() as fake:
         yield fake
+
+
+@pytest.fixture
+def fake(fake_vllm_server: Any) -> Iterator[Any]:
+    """The session's fake vLLM server, reset before and after the test (for tests against a server process)."""
+    fake_vllm_server.reset()
+    yield fake_vllm_server
+    fake_vllm_server.reset()
+
+
+CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")
+
+
+def chromium_path() -> str | None:
+    """Debian's Chromium (``CHROMIUM_PATH`` overrides); Playwright never downloads its own browser here."""
+    configured = os.environ.get("CHROMIUM_PATH")
+    if configured:
+        return configured
+    return next((path for path in CHROMIUM_CANDIDATES if Path(path).exists()), shutil.which("chromium"))
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """One Chromium per browser test module. Playwright stops at the end of the module: while it runs, its event
+    loop occupies this thread, which the async tests of other modules need."""
+    path = chromium_path()
+    if path is None:
+        pytest.skip("Debian's chromium is not installed (make system-deps installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, headless=True)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture

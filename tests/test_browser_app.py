@@ -5,10 +5,7 @@ Each step saves a screenshot under ``test-artifacts/screenshots/`` for people to
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -21,35 +18,12 @@ from .server import ROOT, AppServer
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")
-
-
-def chromium_path() -> str | None:
-    configured = os.environ.get("CHROMIUM_PATH")
-    if configured:
-        return configured
-    return next((path for path in CHROMIUM_CANDIDATES if Path(path).exists()), shutil.which("chromium"))
 
 
 @pytest.fixture(autouse=True)
 def close_thread_connections():
     """Replaces the async autouse fixture of conftest: Playwright's sync API owns this thread's event loop."""
     return
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    """One Chromium for this module. Playwright is stopped at the end of the module: while it runs, its event loop
-    occupies this thread, which the async tests of other modules need."""
-    path = chromium_path()
-    if path is None:
-        pytest.skip("Debian's chromium is not installed (make system-deps installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=path, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -75,13 +49,6 @@ def server(fake_vllm_server, tmp_path_factory):
     app.register_and_login("dana")
     yield app
     app.stop()
-
-
-@pytest.fixture
-def fake(fake_vllm_server):
-    fake_vllm_server.reset()
-    yield fake_vllm_server
-    fake_vllm_server.reset()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from testing.documents import SAMPLES, make_numbered_pdf
 
 from .conftest import PASSWORD
 from .production import create_superuser, production_server
-from .test_browser_app import chromium_path
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -52,19 +51,6 @@ document.addEventListener("securitypolicyviolation", (e) => window.__csp.push(
 def close_thread_connections():
     """Replaces the async autouse fixture of conftest: Playwright's sync API owns this thread's event loop."""
     return
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    path = chromium_path()
-    if path is None:
-        pytest.skip("Debian's chromium is not installed (make system-deps installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=path, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

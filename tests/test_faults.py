@@ -189,13 +189,6 @@ def assert_ledger_matches_stream(job: dict[str, Any], frames: list[dict[str, Any
 # --- fixtures ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fake(fake_vllm_server) -> Iterator[Any]:
-    fake_vllm_server.reset()
-    yield fake_vllm_server
-    fake_vllm_server.reset()
-
-
 @pytest.fixture(scope="module")
 def server(fake_vllm_server, tmp_path_factory) -> Iterator[AppServer]:
     app = start_server(tmp_path_factory.mktemp("faults"), fake_vllm_server, OCR_PAGE_CONCURRENCY="8")

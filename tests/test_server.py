@@ -36,13 +36,6 @@ def server(fake_vllm_server, tmp_path_factory):
     app.stop()
 
 
-@pytest.fixture
-def fake(fake_vllm_server):
-    fake_vllm_server.reset()
-    yield fake_vllm_server
-    fake_vllm_server.reset()
-
-
 @pytest.fixture(scope="module")
 def token(server):
     return server.register_and_login("carol")
