@@ -91,6 +91,21 @@ def fake_vllm(fake_vllm_server: Any, settings: Any) -> Iterator[Any]:
     settings.OCR_ENGINE_TOTAL_TIMEOUT = 30.0
     yield fake_vllm_server
     fake_vllm_server.reset()
+    close_engine_clients()
+
+
+def close_engine_clients() -> None:
+    """Close the engine clients a test's event loop left open: each loop gets its own connection pool, and an
+    unclosed pool is reported when it is garbage-collected."""
+    from ocr import engines
+    from ocr.engines.vllm import VllmEngine
+
+    for engine in list(engines._engines.values()):
+        if isinstance(engine, VllmEngine):
+            for loop, client in list(engine._clients.items()):
+                if not loop.is_closed() and not loop.is_running():
+                    loop.run_until_complete(client.close())
+            engine._clients.clear()
 
 
 @pytest.fixture

@@ -4,16 +4,19 @@ The request is exactly what DeepSeek-OCR needs: one user message holding the pag
 ``temperature`` 0, ``skip_special_tokens`` false (the grounding markup is made of special tokens), the n-gram
 logits-processor arguments in ``vllm_xargs`` and ``stream_options.include_usage`` for real token counts.
 
-The stream is read as raw SSE lines through the package's streaming-response API and each ``data:`` line is
-parsed with orjson: building the package's typed chunk objects costs about 8× more CPU per token.
+The request goes through the package's client (``post`` with a raw streaming response) and the stream is read as
+raw SSE bytes whose ``data:`` lines are parsed with orjson: building the package's typed chunk objects costs
+about 8× more CPU per token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -146,47 +149,60 @@ class VllmEngine(Engine):
         return client
 
     def request_body(self, page: PageImage, prompt: str) -> dict[str, Any]:
-        """The keyword arguments of the chat-completion call for one page."""
+        """The JSON body of the chat-completion request for one page."""
         assert page.data is not None and page.mime is not None
         image_url = f"data:{page.mime};base64,{base64.b64encode(page.data).decode('ascii')}"
-        extra_body: dict[str, Any] = {"skip_special_tokens": False}
-        if self.config.ngram_size:
-            xargs: dict[str, Any] = {
-                "ngram_size": self.config.ngram_size,
-                "window_size": self.config.ngram_window,
-            }
-            if self.config.ngram_whitelist:
-                xargs["whitelist_token_ids"] = list(self.config.ngram_whitelist)
-            extra_body["vllm_xargs"] = xargs
-        extra_body["messages"] = [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": image_url}},
-                    {"type": "text", "text": prompt},
-                ],
-            }
-        ]
-        return {
+        body: dict[str, Any] = {
             "model": self.model,
-            # The messages travel in extra_body: the package would otherwise walk the whole nested structure,
-            # data URL included, to coerce it to its typed parameters (about 0.5 ms per page). extra_body keys
-            # replace the typed ones in the JSON sent.
-            "messages": [],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": image_url}},
+                        {"type": "text", "text": prompt},
+                    ],
+                }
+            ],
             "temperature": 0.0,
             "max_tokens": self.config.max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "extra_body": extra_body,
+            "skip_special_tokens": False,
         }
+        if self.config.ngram_size:
+            xargs: dict[str, Any] = {"ngram_size": self.config.ngram_size, "window_size": self.config.ngram_window}
+            if self.config.ngram_whitelist:
+                xargs["whitelist_token_ids"] = list(self.config.ngram_whitelist)
+            body["vllm_xargs"] = xargs
+        return body
+
+    @contextlib.asynccontextmanager
+    async def open_stream(self, payload: bytes) -> AsyncIterator[httpx2.Response]:
+        """POST ``payload`` to ``/chat/completions`` and yield the response before its body is read.
+
+        The package's generic ``post`` with ``httpx.Response`` as the result type: the client's auth, headers,
+        base URL, connection pool and status-to-exception mapping, without ``chat.completions.create``'s
+        coercion of every argument to its typed parameters and its JSON encoding (about 2 ms of CPU per page,
+        a sixth of a request's cost in the relay benchmark). The body is encoded once, with orjson.
+        """
+        response = await self.client().post(
+            "/chat/completions",
+            cast_to=httpx2.Response,
+            content=payload,
+            options={"headers": {"Content-Type": "application/json"}},
+            stream=True,
+        )
+        try:
+            yield response
+        finally:
+            await response.aclose()
 
     async def recognise(self, page: PageImage, prompt: str, on_delta: DeltaCallback) -> Completion:
         config = self.config
         loop = asyncio.get_running_loop()
         started = loop.time()
         total_deadline = started + config.total_timeout
-        body = self.request_body(page, prompt)
-        create = self.client().chat.completions.with_streaming_response.create
+        payload = orjson.dumps(self.request_body(page, prompt))
         stream = SseStream(on_delta)
         attempt = 0
         unavailable: openai.APIError | None = None
@@ -196,10 +212,10 @@ class VllmEngine(Engine):
             async with asyncio.timeout_at(min(total_deadline, started + config.first_token_timeout)) as deadline:
                 while True:
                     try:
-                        async with create(**body) as response:
-                            socket_transport = _socket_transport(response.http_response)
+                        async with self.open_stream(payload) as response:
+                            socket_transport = _socket_transport(response)
                             rescheduled_at = read_at = loop.time()
-                            async for data in response.http_response.aiter_raw():
+                            async for data in response.aiter_raw():
                                 if stream.feed(data):
                                     break
                                 if not stream.got_first:
