@@ -2,7 +2,9 @@
 
 The fake engine streams 300 deltas per request, 5 ms apart. The baseline is a minimal raw-socket client that
 posts the same chat request to the engine and reads its SSE stream: the zero-overhead relay. Both sides use the
-same low-CPU client, because client, server and engine share two cores.
+same low-CPU client, because client, server and engine share two cores. A third run sends the same burst to
+``/healthz``: what Daphne, Django and the middleware cost with no database, upload or engine, the floor under
+any OCR request's first frame.
 
 Usage: ``python -m bench.relay [--concurrency 50 200] [--requests-per-client 3]``.
 """
@@ -66,6 +68,16 @@ class Run:
     def deltas(self) -> int:
         return len(self.ok) * TOKENS
 
+    def answer(self, q: float) -> float:
+        """Time to the whole answer (for the no-op requests of the floor)."""
+        return percentile([r.finished - r.started for r in self.ok], q)
+
+    def floor_summary(self) -> str:
+        return (
+            f"answer p50/p95 {self.answer(50) * 1000:.0f}/{self.answer(95) * 1000:.0f} ms, errors {self.errors}, "
+            f"server CPU {self.server_cpu / len(self.results) * 1000:.2f} ms per request"
+        )
+
     def summary(self) -> str:
         per_delta = self.server_cpu / self.deltas * 1e6 if self.deltas else float("nan")
         return (
@@ -73,7 +85,8 @@ class Run:
             f"TTFF p50/p95 {self.ttff(50) * 1000:.0f}/{self.ttff(95) * 1000:.0f} ms, "
             f"first text p50/p95 {self.ttft(50) * 1000:.0f}/{self.ttft(95) * 1000:.0f} ms, "
             f"latency p50/p95/p99 {self.latency(50):.2f}/{self.latency(95):.2f}/{self.latency(99):.2f} s, "
-            f"errors {self.errors}, server CPU {self.server_cpu:.2f} s ({per_delta:.0f} µs/delta), "
+            f"errors {self.errors}, server CPU {self.server_cpu:.2f} s ({per_delta:.0f} µs/delta, "
+            f"{self.server_cpu / len(self.results) * 1000:.1f} ms/request), "
             f"peak RSS {mb(self.peak_rss)}"
         )
 
@@ -121,7 +134,7 @@ def engine_request(image: bytes) -> bytes:
     ).encode()
 
 
-def run(concurrencies: list[int], per_client: int, workers: int = 1) -> list[tuple[Run, Run]]:
+def run(concurrencies: list[int], per_client: int, workers: int = 1) -> list[tuple[Run, Run, Run]]:
     image = SAMPLES["short"].render()
     pairs = []
     with fake_engine(tokens=TOKENS, token_delay=TOKEN_DELAY) as engine:
@@ -159,6 +172,12 @@ def run(concurrencies: list[int], per_client: int, workers: int = 1) -> list[tup
                     delta_marker=b'"delta"',
                 )
 
+            async def no_op() -> StreamResult:
+                result = await stream_request(app.port, "/healthz", method="GET")
+                if result.status == 200:
+                    result.end = {}  # a plain JSON answer, not a stream
+                return result
+
             asyncio.run(load(app.process.pid, 10, 10, relayed))  # warm both paths
             for concurrency in concurrencies:
                 requests = concurrency * per_client
@@ -166,7 +185,9 @@ def run(concurrencies: list[int], per_client: int, workers: int = 1) -> list[tup
                 baseline = Run("direct", concurrency, results, wall, cpu, rss)
                 results, wall, cpu, rss = asyncio.run(load(app.process.pid, requests, concurrency, relayed))
                 through_app = Run("app", concurrency, results, wall, cpu, rss)
-                pairs.append((baseline, through_app))
+                results, wall, cpu, rss = asyncio.run(load(app.process.pid, requests, concurrency, no_op))
+                floor = Run("floor", concurrency, results, wall, cpu, rss)
+                pairs.append((baseline, through_app, floor))
     return pairs
 
 
@@ -177,7 +198,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="server processes on one socket (deploy/serve.py)")
     args = parser.parse_args()
     rows = []
-    for baseline, app in run(args.concurrency, args.requests_per_client, args.workers):
+    for baseline, app, floor in run(args.concurrency, args.requests_per_client, args.workers):
         n = baseline.concurrency
         rows.append((f"{n} streams, direct to engine", baseline.summary()))
         rows.append((f"{n} streams, through the app", app.summary()))
@@ -189,6 +210,9 @@ def main() -> None:
                 f"< 1 s at 200), app CPU {app.server_cpu / app.deltas * 1e6:.0f} µs/delta (target ≤ 60)",
             )
         )
+        # What the framework alone costs under the same burst: Daphne, Django and our middleware answering
+        # /healthz, which touches no database and no engine. No OCR request can be answered faster.
+        rows.append((f"{n} requests, /healthz (floor)", floor.floor_summary()))
     print_table(
         f"Relay: {TOKENS} deltas per request, {TOKEN_DELAY * 1000:.0f} ms apart, {args.workers} server process(es)",
         rows,
