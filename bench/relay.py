@@ -175,7 +175,8 @@ def run(concurrencies: list[int], per_client: int, workers: int = 1) -> list[tup
             async def no_op() -> StreamResult:
                 result = await stream_request(app.port, "/healthz", method="GET")
                 if result.status == 200:
-                    result.end = {}  # a plain JSON answer, not a stream
+                    result.end = {}  # a plain JSON answer, not a stream ending in an end frame
+                    result.error = None
                 return result
 
             asyncio.run(load(app.process.pid, 10, 10, relayed))  # warm both paths
