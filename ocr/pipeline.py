@@ -268,7 +268,7 @@ class JobRun:
         self._pages_left -= 1
         if self._pages_left == 0:
             # The last page is written with the job's end, in one transaction (``_finish``): one trip to the
-            # database thread less per job, which for an image is half of them after its start.
+            # database thread less per job (an image's job makes one after its start instead of two).
             self._last_page = outcome
             return
         await page_record(job_id=self.job.pk, outcome=outcome)
