@@ -559,7 +559,7 @@ class GoodInput:
         return self.factory()
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
+def png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
@@ -581,9 +581,9 @@ def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
     return b"".join(
         (
             b"\x89PNG\r\n\x1a\n",
-            _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)),
-            _png_chunk(b"IDAT", b"".join(parts)),
-            _png_chunk(b"IEND", b""),
+            png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)),
+            png_chunk(b"IDAT", b"".join(parts)),
+            png_chunk(b"IEND", b""),
         )
     )
 

@@ -18,7 +18,7 @@ from myocr import env
 from myocr.upload_limit import UploadLimitMiddleware
 from ocr import intake
 from ocr.config import ocr_config
-from testing.documents import SAMPLES, make_pdf
+from testing.documents import SAMPLES, make_pdf, png_chunk
 
 from .contract import assert_contract
 
@@ -93,12 +93,14 @@ def test_file_names_lose_directories_and_control_characters(name, expected):
 
 
 def _png(width: int, height: int, colour_type: int, bit_depth: int, interlace: int, raw: bytes) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, interlace)
     return b"".join(
-        (b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", header), chunk(b"IDAT", zlib.compress(raw)), chunk(b"IEND", b""))
+        (
+            b"\x89PNG\r\n\x1a\n",
+            png_chunk(b"IHDR", header),
+            png_chunk(b"IDAT", zlib.compress(raw)),
+            png_chunk(b"IEND", b""),
+        )
     )
 
 
