@@ -59,6 +59,11 @@ def nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 COUNT = {"type": "integer", "minimum": 0}
 TEXT = {"type": "string"}
+RESET = {
+    "type": "boolean",
+    "const": True,
+    "description": "Present (true) when this text replaces the page's text so far instead of following it.",
+}
 FLAG = {"type": "boolean"}
 UUID = {"type": "string", "format": "uuid"}
 TIMESTAMP = {"type": "string", "format": "date-time"}
@@ -110,7 +115,11 @@ def schemas() -> dict[str, Any]:
         "PdfUsage": obj({**image_usage, "pages": PAGE_NUMBER}, required=[*list(image_usage)[:5], "pages"]),
         "PageUsage": obj(page_usage, required=list(page_usage)[:3]),
         "ImageStartFrame": obj({**start, "kind": const("image")}, required=["type", "kind", "job_id"]),
-        "DeltaFrame": obj({"type": const("delta"), "delta": TEXT}, description="Recognised text, in order."),
+        "DeltaFrame": obj(
+            {"type": const("delta"), "delta": TEXT, "reset": RESET},
+            required=["type", "delta"],
+            description="Recognised text, in order.",
+        ),
         "ErrorFrame": obj(
             {"type": const("error"), "error": ref("ErrorDetail")},
             description="A job that failed as a whole sends one right before its end frame.",
@@ -124,7 +133,10 @@ def schemas() -> dict[str, Any]:
             {**start, "kind": const("pdf"), "pages": PAGE_NUMBER}, required=["type", "kind", "job_id", "pages"]
         ),
         "PageStartFrame": obj({"type": const("page_start"), "page": PAGE_NUMBER}),
-        "PageDeltaFrame": obj({"type": const("page_delta"), "page": PAGE_NUMBER, "delta": TEXT}),
+        "PageDeltaFrame": obj(
+            {"type": const("page_delta"), "page": PAGE_NUMBER, "delta": TEXT, "reset": RESET},
+            required=["type", "page", "delta"],
+        ),
         "PageEndFrame": obj(
             {
                 "type": const("page_end"),

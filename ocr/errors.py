@@ -23,10 +23,18 @@ class EngineNotConfigured(OcrError):
 
 
 class EngineError(OcrError):
-    """The engine failed on one page. ``code`` is one of the ``ENGINE_*`` codes below."""
+    """The engine failed on one page. ``code`` is one of the ``ENGINE_*`` codes below.
+
+    ``transient`` marks a failure that may well not happen again (the engine unreachable or overloaded, a stream
+    that broke off): the pipeline retries such a page a few times, with backoff, before it fails.
+    """
 
     status = 502
     code = "engine_error"
+
+    def __init__(self, message: str, *, code: str | None = None, transient: bool = False) -> None:
+        super().__init__(message, code=code)
+        self.transient = transient
 
 
 ENGINE_UNAVAILABLE = "engine_unavailable"  # cannot connect, or the engine says it is not ready (503)

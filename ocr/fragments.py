@@ -186,6 +186,7 @@ class LiveRenderer:
     def _batch(self, batch: Batch) -> str:
         parts: list[str] = []
         deltas: dict[int, list[str]] = {}
+        resets: set[int] = set()
         for event in batch.events:
             kind = event["type"]
             if kind == "page_start":
@@ -195,11 +196,18 @@ class LiveRenderer:
                 self.live_chars[number] = 0
                 parts.append(oob(render_part("page", self._context(page=page_view(page, self.job)))))
             elif kind == "page_delta":
-                deltas.setdefault(event["page"], []).append(event["delta"])
-                self.live_chars[event["page"]] = self.live_chars.get(event["page"], 0) + len(event["delta"])
+                number = event["page"]
+                if event.get("reset"):
+                    deltas[number] = []
+                    resets.add(number)
+                    self.live_chars[number] = 0
+                deltas.setdefault(number, []).append(event["delta"])
+                self.live_chars[number] = self.live_chars.get(number, 0) + len(event["delta"])
         for number, pieces in deltas.items():
             text = escape("".join(pieces))
-            parts.append(f'<span id="raw-{number}" hx-swap-oob="beforeend">{text}</span>')
+            # A reset replaces the text shown so far; otherwise the new text is appended to it.
+            swap = "innerHTML" if number in resets else "beforeend"
+            parts.append(f'<span id="raw-{number}" hx-swap-oob="{swap}">{text}</span>')
         for number, page in batch.ended_pages.items():
             self.pages[number] = page
             self.live_chars.pop(number, None)

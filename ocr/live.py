@@ -160,6 +160,8 @@ class LiveJob:
         for event in batch:
             kind = event["type"]
             if kind == "page_delta":
+                if event.get("reset"):
+                    self._texts[event["page"]] = []
                 self._texts.setdefault(event["page"], []).append(event["delta"])
                 self._dirty.add(event["page"])
             elif kind == "page_start":

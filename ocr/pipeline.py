@@ -221,8 +221,13 @@ class JobRun:
         emit = self._emit
         first_delta = self._first_delta_ms is None
 
-        def on_delta(text: str) -> None:
+        def on_delta(text: str, *, reset: bool = False) -> None:
             nonlocal first_delta
+            if reset:
+                parts.clear()
+                parts.append(text)
+                emit({"type": "page_delta", "page": number, "delta": text, "reset": True})
+                return
             parts.append(text)
             emit({"type": "page_delta", "page": number, "delta": text})
             if first_delta:

@@ -20,20 +20,32 @@ _IMAGE_HIDDEN = frozenset({"page_start", "page_end"})
 
 
 def merge_deltas(batch: Iterable[Event]) -> list[Event]:
-    """Merge the ``page_delta`` events of each page between two other events, keeping every page's order."""
+    """Merge the ``page_delta`` events of each page between two other events, keeping every page's order.
+
+    A delta that resets its page's text makes the merged delta a reset too, and drops what came before it."""
     merged: list[Event] = []
     pending: dict[int, list[str]] = {}
+    resets: set[int] = set()
 
     def flush() -> None:
         for page, parts in pending.items():
-            merged.append({"type": "page_delta", "page": page, "delta": "".join(parts)})
+            event = {"type": "page_delta", "page": page, "delta": "".join(parts)}
+            if page in resets:
+                event["reset"] = True
+            merged.append(event)
         pending.clear()
+        resets.clear()
 
     for event in batch:
         if event["type"] == "page_delta":
-            parts = pending.get(event["page"])
+            page = event["page"]
+            if event.get("reset"):
+                pending[page] = [event["delta"]]
+                resets.add(page)
+                continue
+            parts = pending.get(page)
             if parts is None:
-                pending[event["page"]] = [event["delta"]]
+                pending[page] = [event["delta"]]
             else:
                 parts.append(event["delta"])
         else:
@@ -51,6 +63,8 @@ def ndjson_frame(event: Event, kind: str) -> dict[str, Any] | None:
         return event
     event_type = event["type"]
     if event_type == "page_delta":
+        if event.get("reset"):
+            return {"type": "delta", "delta": event["delta"], "reset": True}
         return {"type": "delta", "delta": event["delta"]}
     if event_type in _IMAGE_HIDDEN:
         return None

@@ -24,9 +24,10 @@ class ScriptedEngine(Engine):
     name = "scripted"
     model = "scripted-1"
 
-    def __init__(self, *, pieces=("a", "b", "c"), fail=(), hang=(), crash=(), concurrency=8):
+    def __init__(self, *, pieces=("a", "b", "c"), fail=(), hang=(), crash=(), reset=None, concurrency=8):
         super().__init__(concurrency=concurrency)
         self.pieces, self.fail, self.hang, self.crash = pieces, set(fail), set(hang), set(crash)
+        self.reset = reset  # text that replaces each page's text after the pieces
         self.cancelled: list[int] = []
         self.hanging = asyncio.Event()
 
@@ -34,6 +35,8 @@ class ScriptedEngine(Engine):
         for piece in self.pieces:
             on_delta(piece)
             await asyncio.sleep(0)
+        if self.reset is not None:
+            on_delta(self.reset, reset=True)
         if page.number in self.fail:
             raise EngineError("boom", code="engine_error")
         if page.number in self.crash:
@@ -144,6 +147,35 @@ async def test_cancelling_the_consumer_cancels_engine_work_and_records_the_job(a
     assert pages[1].text == "abc" and pages[1].usage_estimated
     assert 3 not in pages, "pages never started are not recorded"
     assert job.completion_chars == 6
+
+
+async def test_an_engine_that_resets_a_pages_text_leaves_only_the_new_text(alice):
+    run = await new_run(alice, ScriptedEngine(reset="clean"), pages=1)
+
+    events = await collect(run)
+
+    deltas = [event for event in events if event["type"] == "page_delta"]
+    assert deltas[-1] == {"type": "page_delta", "page": 1, "delta": "clean", "reset": True}
+    page = await OcrPage.objects.aget(job=run.job, number=1)
+    assert page.text == "clean" and page.completion_chars == 5
+
+
+def test_a_reset_delta_drops_what_came_before_it_in_the_batch():
+    batch = [
+        {"type": "page_delta", "page": 1, "delta": "a"},
+        {"type": "page_delta", "page": 2, "delta": "x"},
+        {"type": "page_delta", "page": 1, "delta": "new", "reset": True},
+        {"type": "page_delta", "page": 1, "delta": "er"},
+    ]
+
+    assert merge_deltas(batch) == [
+        {"type": "page_delta", "page": 1, "delta": "newer", "reset": True},
+        {"type": "page_delta", "page": 2, "delta": "x"},
+    ]
+    assert encode_ndjson(batch, "image").decode().splitlines() == [
+        '{"type":"delta","delta":"newer","reset":true}',
+        '{"type":"delta","delta":"x"}',
+    ]
 
 
 def test_merging_keeps_each_pages_text_in_order():

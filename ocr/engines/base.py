@@ -12,9 +12,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -43,7 +42,14 @@ class Completion:
     layout: list[dict] | None = field(default=None)
 
 
-DeltaCallback = Callable[[str], None]
+class DeltaCallback(Protocol):
+    """Receives a page's text as it is recognised.
+
+    ``reset`` replaces the page's text so far with ``text`` instead of appending to it: an engine that retries a
+    page, or cuts a repeated tail, says so rather than leaving its consumers with text that is no longer true.
+    """
+
+    def __call__(self, text: str, *, reset: bool = False) -> None: ...
 
 
 class Engine(abc.ABC):
