@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "template_partials",
+    "django_prometheus",
     "accounts",
     "ocr",
 ]
@@ -100,7 +101,15 @@ _database = dj_database_url.parse(
     conn_max_age=env_int("DB_CONN_MAX_AGE", 300, minimum=0),
     conn_health_checks=True,
 )
-if _database["ENGINE"] == "django.db.backends.sqlite3":
+# django-prometheus' wrappers of the same backends count queries, their duration, errors and new connections
+# (``django_db_*``); they behave as Django's own otherwise.
+_PROMETHEUS_BACKENDS = {
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+}
+_database["ENGINE"] = _PROMETHEUS_BACKENDS.get(_database["ENGINE"], _database["ENGINE"])
+_SQLITE = _database["ENGINE"] == "django_prometheus.db.backends.sqlite3"
+if _SQLITE:
     Path(_database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # WAL lets readers run beside the single writer; IMMEDIATE transactions take the write lock up front so
     # concurrent writers queue on the busy timeout instead of failing with "database is locked".
@@ -114,9 +123,7 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
 DATABASES = {"default": _database}
 # Threads that run requests' synchronous work (myocr/handler.py): one for SQLite (a single writer), more for a
 # database server.
-DJANGO_SYNC_THREADS = env_int(
-    "DJANGO_SYNC_THREADS", 1 if _database["ENGINE"] == "django.db.backends.sqlite3" else 4, minimum=1
-)
+DJANGO_SYNC_THREADS = env_int("DJANGO_SYNC_THREADS", 1 if _SQLITE else 4, minimum=1)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Auth -------------------------------------------------------------------------------------------------
@@ -168,10 +175,16 @@ STORAGES = {
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # django-prometheus' Redis cache is django-redis' backend with hit and miss counters (``django_cache_*``).
+    CACHES = {"default": {"BACKEND": "django_prometheus.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # Sessions are read through the shared cache (and written to the database too, so a restart keeps them): a
+    # signed-in page view is a cache hit instead of a query. Not with the per-process local-memory cache: another
+    # process would go on accepting a session signed out in this one.
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {"default": {"BACKEND": "django_prometheus.cache.backends.locmem.LocMemCache"}}
+
 
 # --- Security ---------------------------------------------------------------------------------------------
 
@@ -265,9 +278,18 @@ if not DEBUG:
 
 # --- Metrics and monitoring (issue 4) -----------------------------------------------------------------------
 
-# django-prometheus' middlewares are not used: they cost two thread hops per request under ASGI and stop timing a
-# stream when the view returns. ``HttpMetricsMiddleware`` goes first so that it times everything after it.
-MIDDLEWARE.insert(0, "myocr.metrics.HttpMetricsMiddleware")
+# django-prometheus' HTTP metrics are recorded by ``myocr.metrics.PrometheusMiddleware`` instead of its two
+# middlewares, which cost two thread hops per request under ASGI and stop timing a stream when the view returns.
+# It goes first so that it times everything after it (its "before" and "after" figures are taken in one place).
+MIDDLEWARE.insert(0, "myocr.metrics.PrometheusMiddleware")
+#: Its migrations gauges run queries in ``AppConfig.ready()``, which under ASGI is inside the event loop and fails
+#: (django-prometheus issue #260); ``manage.py migrate --check`` answers the question at deploy time instead.
+PROMETHEUS_EXPORT_MIGRATIONS = False
+#: django-prometheus' latency histograms: a stream lasts as long as a PDF takes, up to an hour on the CPU engine.
+PROMETHEUS_LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+    float("inf"),
+)  # fmt: skip
 #: Bearer token Prometheus must send to read /metrics (empty: no token needed).
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 #: Client addresses or networks allowed to read /metrics, e.g. "127.0.0.1,10.0.0.0/8" (empty: any).
