@@ -6,9 +6,10 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django_prometheus.models import ExportModelOperationsMixin
 
 
-class ApiToken(models.Model):
+class ApiToken(ExportModelOperationsMixin("token"), models.Model):
     """A bearer token for scripts. Only a SHA-256 digest of the secret is stored; the secret is shown once."""
 
     class Kind(models.TextChoices):

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django_prometheus.models import ExportModelOperationsMixin
 
 
 class JobKind(models.TextChoices):
@@ -66,7 +67,7 @@ class UsageFields(models.Model):
         abstract = True
 
 
-class OcrJob(UsageFields):
+class OcrJob(ExportModelOperationsMixin("job"), UsageFields):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ocr_jobs", verbose_name=_("owner")
@@ -131,7 +132,7 @@ class OcrJob(UsageFields):
         return self.prompt_tokens + self.completion_tokens
 
 
-class OcrPage(UsageFields):
+class OcrPage(ExportModelOperationsMixin("page"), UsageFields):
     job = models.ForeignKey(OcrJob, on_delete=models.CASCADE, related_name="pages", verbose_name=_("job"))
     number = models.PositiveIntegerField(_("page"))
     status = models.CharField(_("status"), max_length=16, choices=PageStatus.choices)
