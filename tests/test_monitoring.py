@@ -49,7 +49,24 @@ EXPECTED_DASHBOARDS = {
     "ocr-overview": "OCR Overview",
     "vllm-overview": "vLLM Overview",
     "users-usage": "Users & Usage",
+    "django-overview": "Django Overview",
 }
+# The django-prometheus series the community Django dashboards (grafana.com 17617, 17616, 17613, 9528) query.
+COMMUNITY_DJANGO_SERIES = (
+    "django_http_requests_total_by_view_transport_method_total",
+    "django_http_responses_total_by_status_view_method_total",
+    "django_http_requests_latency_seconds_by_view_method_bucket",
+    "django_http_requests_latency_including_middlewares_seconds_bucket",
+    "django_http_exceptions_total_by_type_total",
+    "django_http_exceptions_total_by_view_total",
+    "django_db_execute_total",
+    "django_db_query_duration_seconds_bucket",
+    "django_db_new_connections_total",
+    "django_cache_get_total",
+    "django_cache_get_hits_total",
+    "django_model_inserts_total",
+    "django_model_updates_total",
+)
 
 
 def run(*command: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -370,6 +387,7 @@ def test_chat_template_refuses_roles_out_of_turn() -> None:
 # --- live: a real Prometheus scraping a real server -------------------------------------------------------
 
 METRICS_TOKEN = "monitoring-test-token"
+PASSWORD = "correct horse battery staple"  # AppServer.register_and_login's default
 FAILURES = ({"fail_status": 500}, {"finish_reason": "length", "tokens": 30}, {"error_after": 2})
 
 
@@ -477,6 +495,8 @@ def test_every_panel_of_every_dashboard_shows_data_from_a_live_prometheus(
             for _failure in FAILURES:
                 ocr(app, user_token, "image", png, "page.png")
             ocr(app, user_token, "image", b"not an image", "notes.txt")
+            sign_in_after_a_typo(app, "monitored")
+            open_a_stale_job_link(app, "monitored")
             fake.push_script(*[{"first_token_delay": 3.0}] * 3)
             leave_early(app, user_token, pdf)
             jobs = [pool.submit(ocr, app, user_token, "image", png, "page.png") for _ in range(4)]
@@ -501,6 +521,29 @@ def test_every_panel_of_every_dashboard_shows_data_from_a_live_prometheus(
     assert prometheus.value('sum(increase(ocr_engine_errors_total{code="engine_error"}[5m]))') > 0
     assert prometheus.value('sum(increase(ocr_finish_reasons_total{finish_reason="length"}[5m]))') > 0
     assert prometheus.value('sum(increase(ocr_jobs_total{status="cancelled"}[5m]))') > 0
+    missing = [name for name in COMMUNITY_DJANGO_SERIES if not prometheus.query(f'{name}{{job="my-ocr-api"}}')]
+    assert not missing, f"django-prometheus series missing: {missing}"
+    assert prometheus.value('sum(django_http_exceptions_total_by_view_total{view="ocr:job"})') >= 3
+
+
+def sign_in_after_a_typo(app: AppServer, username: str) -> None:
+    """A wrong password, then the right one: the sign-in limit reads its failure counter from the cache."""
+    url = f"{app.url}/api/auth/token"
+    assert httpx.post(url, data={"username": username, "password": "typo"}).status_code == 401
+    assert httpx.post(url, data={"username": username, "password": PASSWORD}).status_code == 200
+
+
+def open_a_stale_job_link(app: AppServer, username: str) -> None:
+    """A signed-in browser opens the page of a job that does not exist: the view raises Http404."""
+    with httpx.Client(base_url=app.url, timeout=10) as browser:
+        browser.get("/accounts/login/")
+        signed_in = browser.post(
+            "/accounts/login/",
+            data={"username": username, "password": PASSWORD, "csrfmiddlewaretoken": browser.cookies["csrftoken"]},
+            headers={"Referer": f"{app.url}/accounts/login/"},
+        )
+        assert signed_in.status_code == 302, signed_in.text[:500]
+        assert browser.get("/jobs/00000000-0000-4000-8000-000000000000/").status_code == 404
 
 
 def leave_early(app: AppServer, token: str, pdf: bytes) -> None:

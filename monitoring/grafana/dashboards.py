@@ -548,12 +548,145 @@ def users_and_usage() -> dict[str, Any]:
     )
 
 
+def django_overview() -> dict[str, Any]:
+    """django-prometheus' metrics under their own names, as the community Django dashboards query them."""
+    by_view = f"rate(django_http_requests_total_by_view_transport_method_total{{{API}}}[{RATE}])"
+    items: list[Panel | Row] = [
+        Row("Requests"),
+        Panel(
+            "Requests per second by view",
+            [q(f"sum by (view) ({by_view})", "{{view}}")],
+            unit="reqps",
+            description="URL names (view_name); '<unnamed view>' is a request that matched no URL pattern.",
+        ),
+        Panel(
+            "Responses per second by status",
+            [q(f"sum by (status) (rate(django_http_responses_total_by_status_total{{{API}}}[{RATE}]))", "{{status}}")],
+            unit="reqps",
+            stack=True,
+        ),
+        Panel(
+            "p95 latency by view (until the last byte)",
+            quantiles("django_http_requests_latency_seconds_by_view_method", API, by="view", levels=(0.95,)),
+            unit="s",
+            description="A streaming response is timed until its last byte; Server-Sent Events streams are not in it.",
+        ),
+        Panel(
+            "Latency including middlewares",
+            quantiles("django_http_requests_latency_including_middlewares_seconds", API, levels=(0.5, 0.95, 0.99)),
+            unit="s",
+        ),
+        Panel(
+            "Responses per second by status, view and method",
+            [
+                q(
+                    f"sum by (status, view, method) "
+                    f"(rate(django_http_responses_total_by_status_view_method_total{{{API}}}[{RATE}]))",
+                    "{{status}} {{method}} {{view}}",
+                )
+            ],
+            unit="reqps",
+        ),
+        Panel(
+            "Exceptions per second by type",
+            [q(f"sum by (type) (rate(django_http_exceptions_total_by_type_total{{{API}}}[{RATE}]))", "{{type}}")],
+            unit="ops",
+            description="Exceptions raised by views (Http404 and PermissionDenied included).",
+        ),
+        Panel(
+            "Exceptions per second by view",
+            [q(f"sum by (view) (rate(django_http_exceptions_total_by_view_total{{{API}}}[{RATE}]))", "{{view}}")],
+            unit="ops",
+        ),
+        Panel(
+            "Response body bytes (p95)",
+            quantiles("django_http_responses_body_total_bytes", API, levels=(0.5, 0.95)),
+            unit="bytes",
+            description="Bytes actually sent; for a stream, all of its chunks.",
+        ),
+        Row("Database"),
+        Panel(
+            "Queries per second",
+            [q(f"sum by (alias, vendor) (rate(django_db_execute_total{{{API}}}[{RATE}]))", "{{alias}} ({{vendor}})")],
+            unit="ops",
+        ),
+        Panel(
+            "Query duration",
+            quantiles("django_db_query_duration_seconds", API, by="alias", levels=(0.5, 0.95, 0.99)),
+            unit="s",
+        ),
+        Panel(
+            "Database errors per second",
+            [q(f"sum(rate(django_db_errors_total{{{API}}}[{RATE}])) or vector(0)", "errors")],
+            unit="ops",
+            description="Exceptions raised by the database driver, by type in the raw metric.",
+        ),
+        Panel(
+            "New connections per second",
+            [q(f"sum by (alias) (rate(django_db_new_connections_total{{{API}}}[{RATE}]))", "{{alias}}")],
+            unit="ops",
+            description="Connections are kept for DB_CONN_MAX_AGE seconds: a steady rate here means they are not.",
+        ),
+        Row("Cache and models"),
+        Panel(
+            "Cache gets per second",
+            [
+                q(f"sum by (backend) (rate(django_cache_get_total{{{API}}}[{RATE}]))", "gets {{backend}}"),
+                q(f"sum by (backend) (rate(django_cache_get_hits_total{{{API}}}[{RATE}]))", "hits {{backend}}"),
+            ],
+            unit="ops",
+            description="The sign-in and registration limits and, with Redis, sessions read the cache.",
+        ),
+        Panel(
+            "Cache hit ratio",
+            [
+                q(
+                    f"sum(increase(django_cache_get_hits_total{{{API}}}[$__range])) "
+                    f"/ sum(increase(django_cache_get_total{{{API}}}[$__range]))",
+                    "hit ratio",
+                )
+            ],
+            kind="stat",
+            unit="percentunit",
+            width=6,
+            decimals=1,
+        ),
+        Panel(
+            "Model operations",
+            [
+                q(f"sum by (model) (increase(django_model_inserts_total{{{API}}}[$__range]))", "inserts {{model}}"),
+                q(f"sum by (model) (increase(django_model_updates_total{{{API}}}[$__range]))", "updates {{model}}"),
+                q(f"sum by (model) (increase(django_model_deletes_total{{{API}}}[$__range]))", "deletes {{model}}"),
+            ],
+            kind="table",
+            width=18,
+            description="Saves and deletes of jobs, pages, API tokens and users through model instances; "
+            "QuerySet.update() and bulk_create() (a page's final write, a job's end) bypass these counters.",
+        ),
+        Panel(
+            "Model inserts per second",
+            [q(f"sum by (model) (rate(django_model_inserts_total{{{API}}}[{RATE}]))", "{{model}}")],
+            unit="ops",
+            width=24,
+        ),
+    ]
+    return dashboard(
+        "django-overview",
+        "Django Overview",
+        "django-prometheus' metrics: requests, latency and responses by view, exceptions, database queries, cache "
+        "and model operations. Its metric names are the ones the community Django dashboards query.",
+        items,
+        variables=[job_variable("my-ocr-api", "django_http_requests_before_middlewares_total")],
+    )
+
+
 DASHBOARDS = {
     "compose-jobs-overview.json": compose_jobs_overview,
     "api-http-overview.json": api_http_overview,
     "ocr-overview.json": ocr_overview,
     "vllm-overview.json": vllm_overview,
     "users-usage.json": users_and_usage,
+    "django-overview.json": django_overview,
 }
 
 
