@@ -104,12 +104,15 @@ async def issue_token(request: HttpRequest) -> HttpResponse:
 
 
 def user_as_dict(user: AbstractBaseUser) -> dict[str, Any]:
+    """The original My OCR's user shape (``id``, ``username``, ``created_at``) and a few fields of ours."""
+    joined = getattr(user, "date_joined", None)
     return {
         "id": user.pk,
         "username": user.get_username(),
+        "created_at": joined.isoformat() if joined else None,
         "email": getattr(user, "email", ""),
         "is_staff": getattr(user, "is_staff", False),
-        "date_joined": user.date_joined.isoformat() if getattr(user, "date_joined", None) else None,
+        "date_joined": joined.isoformat() if joined else None,
     }
 
 

@@ -272,6 +272,7 @@ def schemas() -> dict[str, Any]:
             {
                 "id": {"type": "integer"},
                 "username": TEXT,
+                "created_at": nullable(TIMESTAMP),
                 "email": TEXT,
                 "is_staff": FLAG,
                 "date_joined": nullable(TIMESTAMP),
@@ -283,6 +284,13 @@ def schemas() -> dict[str, Any]:
         },
         "UsageEvent": obj(
             {
+                "id": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 2**53 - 1,
+                    "description": "The original My OCR's integer id: the low 53 bits of ``job_id``.",
+                },
+                "meta": nullable({"type": "string", "description": "A JSON object: job id, file name, pages, status."}),
                 "job_id": UUID,
                 "kind": {"enum": ["image", "pdf"]},
                 "status": {"enum": STORED_JOB_STATUSES},
@@ -312,6 +320,13 @@ def schemas() -> dict[str, Any]:
                 "prompt_chars": COUNT,
                 "completion_chars": COUNT,
                 "total_tokens": COUNT,
+                # The original My OCR's names.
+                "total_events": COUNT,
+                "total_input_bytes": COUNT,
+                "total_prompt_tokens": COUNT,
+                "total_completion_tokens": COUNT,
+                "total_prompt_chars": COUNT,
+                "total_completion_chars": COUNT,
             },
             description="Totals over all of the user's jobs, deleted, failed and cancelled ones included.",
         ),
