@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 
-from myocr.http import anonymous_user
+from myocr.http import anonymous_user_of
 
 
 def page_owner_required(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -26,7 +26,7 @@ def page_owner_required(view: Callable[..., Any]) -> Callable[..., Any]:
             if not user.is_authenticated:
                 if settings.AUTH_ENABLED:
                     return redirect_to_login(request.get_full_path())
-                user = await anonymous_user()
+                user = await anonymous_user_of(request)
             request.owner = user
             return await view(request, *args, **kwargs)
 
@@ -38,7 +38,7 @@ def page_owner_required(view: Callable[..., Any]) -> Callable[..., Any]:
         if not user.is_authenticated:
             if settings.AUTH_ENABLED:
                 return redirect_to_login(request.get_full_path())
-            user = async_to_sync(anonymous_user)()
+            user = async_to_sync(anonymous_user_of)(request)
         request.owner = user
         return view(request, *args, **kwargs)
 

@@ -10,6 +10,12 @@ uploads of one user arriving together are therefore counted one after the other,
 check is one query (two on PostgreSQL, with the lock): the user's overrides, their running jobs and the pages of
 their jobs created today, read through the ``ocrjob_status_worker`` and ``ocrjob_owner_created`` indexes.
 
+With ``AUTH_ENABLED=false`` every request belongs to the one ``anonymous`` user, so per-user limits would be one
+limit for the whole service. The anonymous user of a request is therefore given its client address
+(``for_client_address``), its jobs record it (``OcrJob.client_address``) and its limits count only the jobs of that
+address, the way the sign-in limits count failures per address. Behind a reverse proxy every client has the
+proxy's address unless the proxy's own address is not what Daphne sees (see README, Deployment).
+
 What counts towards the daily pages: every page of a job still running (they are about to be read) and the pages
 the engine read (``pages_done``: done or cut off) of jobs that ended. Pages that failed or were never reached
 because a job was cancelled or interrupted do not count.
@@ -69,12 +75,28 @@ def seconds_until_tomorrow(now: datetime | None = None) -> int:
     return max(1, math.ceil((tomorrow - now).total_seconds()))
 
 
+#: The attribute that carries the client address on the anonymous user's instance of one request.
+_ADDRESS_ATTRIBUTE = "limits_client_address"
+
+
+def for_client_address(user: AbstractBaseUser, address: str) -> AbstractBaseUser:
+    """Scope ``user`` (the shared anonymous user of one request) to its client's address for the job limits."""
+    setattr(user, _ADDRESS_ATTRIBUTE, address)
+    return user
+
+
+def limits_address(owner: AbstractBaseUser) -> str:
+    """The client address ``owner``'s limits are counted by, or ``""``: by the user."""
+    return getattr(owner, _ADDRESS_ATTRIBUTE, "")
+
+
 def job_allowance(
     *, owner: AbstractBaseUser, now: datetime | None = None, lock: bool = False, measure: bool = False
 ) -> JobAllowance:
-    """The owner's limits and usage in one query. A usage whose limit is off (0) is not counted (reported as 0)
-    unless ``measure``. ``lock`` (inside a transaction) first locks the user's row where the database can, so that
-    concurrent admissions of one user queue."""
+    """The owner's limits and usage in one query (usage of one client address for an owner scoped to one, see
+    ``for_client_address``). A usage whose limit is off (0) is not counted (reported as 0) unless ``measure``.
+    ``lock`` (inside a transaction) first locks the user's row where the database can, so that concurrent
+    admissions of one user queue."""
     if lock and connection.features.has_select_for_update:
         # A statement of its own: under READ COMMITTED the counting statement must start after the lock is held,
         # or its snapshot could miss the job that the previous holder of the lock inserted.
@@ -82,13 +104,15 @@ def job_allowance(
             cursor.execute(_lock_sql(), [owner.pk])
     default_jobs, default_pages = settings.OCR_USER_MAX_RUNNING_JOBS, settings.OCR_USER_DAILY_PAGES
     skip = 0 if measure else 1
+    address = limits_address(owner)
+    by_address = [address] if address else []
     params = [
-        skip, default_jobs, JobStatus.RUNNING,
-        skip, default_pages, JobStatus.RUNNING, connection.ops.adapt_datetimefield_value(day_start(now)),
+        skip, default_jobs, JobStatus.RUNNING, *by_address,
+        skip, default_pages, JobStatus.RUNNING, connection.ops.adapt_datetimefield_value(day_start(now)), *by_address,
         owner.pk,
     ]  # fmt: skip
     with connection.cursor() as cursor:
-        cursor.execute(_allowance_sql(), params)
+        cursor.execute(_allowance_sql(by_address=bool(address)), params)
         own_jobs, own_pages, running, pages = cursor.fetchone()
     return JobAllowance(
         max_running_jobs=_own_or_default(own_jobs, default_jobs),
@@ -99,24 +123,26 @@ def job_allowance(
 
 
 @functools.cache
-def _allowance_sql() -> str:
+def _allowance_sql(*, by_address: bool) -> str:
     """Plain SQL, written once: the ORM would spend more time compiling this query than the database running it.
-    ``CASE`` evaluates only the branch it takes, so a limit that is off costs no counting at all."""
+    ``CASE`` evaluates only the branch it takes, so a limit that is off costs no counting at all. ``by_address``
+    counts only the jobs of one client address (an anonymous owner's, read through ``ocrjob_address_created``)."""
     quote = connection.ops.quote_name
     jobs, job = OcrJob._meta, {field.name: quote(field.column) for field in OcrJob._meta.concrete_fields}
     limits = UserLimits._meta
     limit = {field.name: quote(field.column) for field in limits.concrete_fields}
     users = get_user_model()._meta
+    address = f" AND j.{job['client_address']} = %s" if by_address else ""
     # Identifiers come from the models' metadata; every value is a parameter.
     return (
         f"SELECT l.{limit['max_running_jobs']}, l.{limit['daily_pages']}, "  # noqa: S608
         f"CASE WHEN %s = 1 AND COALESCE(l.{limit['max_running_jobs']}, %s) = 0 THEN 0 ELSE "
         f"(SELECT COUNT(*) FROM {quote(jobs.db_table)} j WHERE j.{job['owner']} = u.{quote(users.pk.column)} "
-        f"AND j.{job['status']} = %s) END, "
+        f"AND j.{job['status']} = %s{address}) END, "
         f"CASE WHEN %s = 1 AND COALESCE(l.{limit['daily_pages']}, %s) = 0 THEN 0 ELSE "
         f"(SELECT COALESCE(SUM(CASE WHEN j.{job['status']} = %s THEN j.{job['page_count']} "
         f"ELSE j.{job['pages_done']} END), 0) FROM {quote(jobs.db_table)} j "
-        f"WHERE j.{job['owner']} = u.{quote(users.pk.column)} AND j.{job['created_at']} >= %s) END "
+        f"WHERE j.{job['owner']} = u.{quote(users.pk.column)} AND j.{job['created_at']} >= %s{address}) END "
         f"FROM {quote(users.db_table)} u LEFT JOIN {quote(limits.db_table)} l ON l.{limit['user']} = "
         f"u.{quote(users.pk.column)} WHERE u.{quote(users.pk.column)} = %s"
     )

@@ -71,8 +71,17 @@ async def authenticate_request(request: HttpRequest) -> AbstractBaseUser:
     if user is None:
         if settings.AUTH_ENABLED:
             raise not_authenticated("Send an API token: 'Authorization: Bearer <token>'.")
-        user = await anonymous_user()
+        user = await anonymous_user_of(request)
     return user
+
+
+async def anonymous_user_of(request: HttpRequest) -> AbstractBaseUser:
+    """The ``anonymous`` user, its job limits counted per client address of ``request`` (as the sign-in limits
+    are): with authentication off, one shared user must not mean one limit for the whole service."""
+    from accounts.limits import for_client_address
+    from accounts.ratelimit import client_address
+
+    return for_client_address(await anonymous_user(), client_address(request))
 
 
 @sync_to_async

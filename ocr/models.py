@@ -103,6 +103,13 @@ class OcrJob(ExportModelOperationsMixin("job"), UsageFields):
         blank=True,
         help_text=_("Removed from the owner's history: text and file are gone, the usage stays in the ledger."),
     )
+    client_address = models.CharField(
+        _("client address"),
+        max_length=64,
+        blank=True,
+        default="",
+        help_text=_("With authentication off: the address the job came from, which its limits are counted by."),
+    )
     live_seq = models.PositiveBigIntegerField(
         _("stored up to event"),
         default=0,
@@ -118,6 +125,8 @@ class OcrJob(ExportModelOperationsMixin("job"), UsageFields):
             models.Index(fields=["status", "worker"], name="ocrjob_status_worker"),
             # A user's running jobs, counted by the per-user limit on every upload (accounts/limits.py).
             models.Index(fields=["owner", "status"], name="ocrjob_owner_status"),
+            # With auth off, the anonymous user's limits count the jobs of one client address.
+            models.Index(fields=["client_address", "created_at"], name="ocrjob_address_created"),
         ]
 
     def __str__(self) -> str:

@@ -91,8 +91,11 @@ def _create_job(
 ) -> OcrJob:
     """Create a running job (and keep its upload). With ``enforce_limits`` the owner's per-user limits are checked
     in the transaction that inserts it (``accounts.limits.admit_job``), which raises ``LimitExceeded``."""
+    from accounts.limits import limits_address
+
     job = OcrJob(
         owner=owner,
+        client_address=limits_address(owner),
         kind=kind,
         source=source,
         file_name=file_name,

@@ -286,6 +286,105 @@ def test_concurrent_uploads_of_one_user_never_exceed_the_limit(fake_vllm_server,
             assert json.loads(body)["error"]["code"] == "too_many_jobs"
 
 
+# --- with authentication off: per client address ---------------------------------------------------------
+
+
+async def anonymous_upload(monkeypatch: Any, address: str, data: bytes = PNG, kind: str = "image") -> Any:
+    """An upload without a token from ``address`` (Django's test client always says 127.0.0.1)."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    monkeypatch.setattr(ratelimit, "client_address", lambda request: address)
+    name = "doc.pdf" if kind == "pdf" else "page.png"
+    return await AsyncClient().post(f"/api/ocr/{kind}", {"file": SimpleUploadedFile(name, data)})
+
+
+async def anonymous_user_model() -> Any:
+    from myocr.http import anonymous_user
+
+    return await anonymous_user()
+
+
+async def test_with_auth_off_the_running_jobs_limit_counts_each_client_address(
+    settings, fake_vllm, transactional_db, monkeypatch
+):
+    settings.AUTH_ENABLED = False
+    settings.OCR_USER_MAX_RUNNING_JOBS = 1
+    anonymous = await anonymous_user_model()
+    await amake_job(anonymous, status=JobStatus.RUNNING, client_address="10.0.0.1")
+
+    await refused(await anonymous_upload(monkeypatch, "10.0.0.1"), 429, "too_many_jobs")
+    response = await anonymous_upload(monkeypatch, "10.0.0.2")
+    assert response.status_code == 200
+    assert b'"type":"end"' in b"".join([chunk async for chunk in response.streaming_content])
+    job = await OcrJob.objects.exclude(client_address="10.0.0.1").aget()
+    assert job.client_address == "10.0.0.2" and job.owner_id == anonymous.pk
+
+
+async def test_with_auth_off_the_daily_pages_count_each_client_address(
+    settings, fake_vllm, transactional_db, monkeypatch
+):
+    settings.AUTH_ENABLED = False
+    settings.OCR_USER_DAILY_PAGES = 3
+    anonymous = await anonymous_user_model()
+    await amake_job(anonymous, pages=3, client_address="10.0.0.1")
+
+    await refused(await anonymous_upload(monkeypatch, "10.0.0.1"), 429, "daily_quota_exceeded")
+    response = await anonymous_upload(monkeypatch, "10.0.0.2", make_numbered_pdf(3), kind="pdf")
+    assert response.status_code == 200
+    assert b'"type":"end"' in b"".join([chunk async for chunk in response.streaming_content])
+
+
+async def test_signed_in_users_jobs_record_no_client_address(settings, fake_vllm, alice, api):
+    settings.AUTH_ENABLED = False  # a token still names its user
+    response, _ = await api.ocr("image", PNG, name="page.png")
+    assert response.status_code == 200
+    assert (await OcrJob.objects.aget(owner=alice)).client_address == ""
+
+
+def test_with_auth_off_fifteen_simultaneous_uploads_from_fifteen_clients_all_stream(fake_vllm_server, tmp_path):
+    """The original's default (AUTH_ENABLED=false) against a real server with the default limits: fifteen clients
+    on fifteen loopback addresses upload at once, and every one is streaming while all the others are too."""
+    import threading
+
+    fake_vllm_server.reset()
+    fake_vllm_server.set_default(tokens=10, token_delay=0.02)
+    server = AppServer(
+        tmp_path, {"OCR_ENGINE": "openai", "LLM_BASE_URL": fake_vllm_server.base_url, "AUTH_ENABLED": "false"}
+    )
+    clients = 15
+    all_streaming = threading.Barrier(clients, timeout=60)
+
+    def upload(index: int) -> list[dict[str, Any]]:
+        transport = httpx.HTTPTransport(local_address=f"127.0.0.{index + 2}")
+        with (
+            httpx.Client(transport=transport, timeout=60) as client,
+            client.stream("POST", f"{server.url}/api/ocr/image", files={"file": ("page.png", PNG, "image/png")}) as r,
+        ):
+            if r.status_code != 200:
+                all_streaming.abort()  # the others need not wait for one that will never stream
+            assert r.status_code == 200, r.read()
+            lines = r.iter_lines()
+            frames = [json.loads(next(lines))]
+            all_streaming.wait()  # every upload has its start frame before any reads on
+            frames += [json.loads(line) for line in lines if line]
+            return frames
+
+    server.start()
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            results = list(pool.map(upload, range(clients)))
+    finally:
+        server.stop()
+        fake_vllm_server.reset()
+
+    assert len(results) == clients
+    for frames in results:
+        assert frames[0]["type"] == "start"
+        assert assert_contract(frames, "image")["status"] == "done"
+
+
 # --- signing in and registering ---------------------------------------------------------------------------
 
 
