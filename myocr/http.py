@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.core.exceptions import (
+    BadRequest,
+    PermissionDenied,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
@@ -126,8 +136,91 @@ def api_endpoint(*, methods: tuple[str, ...], auth: bool = True) -> Callable[[Ap
 
 # --- error pages of the API -------------------------------------------------------------------------------
 # Django answers some failures itself, before or outside a view: an unknown path, a body it refuses to parse,
-# a crash. Under /api/ those answers are JSON with the usual error body too (``urls.handler400`` etc.; Django uses
-# them when DEBUG is off).
+# a crash. Under /api/ those answers are JSON with the usual error body too: ``ApiErrorsMiddleware`` turns the
+# exceptions a view raises into their JSON answer and rewrites any other error answer (Django's HTML pages, its
+# DEBUG pages included); ``urls.handler400`` etc. do the same for Django's own error views.
+
+#: Error codes for the statuses Django or the server may answer by themselves.
+STATUS_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    500: "internal_error",
+}
+#: Headers of an error answer that still hold when its body is replaced.
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+
+
+def _exception_error(exception: Exception) -> ApiError | None:
+    """The JSON answer to an exception a view raised, or ``None``: let Django answer (and log) it."""
+    if isinstance(exception, RequestDataTooBig):
+        return ApiError(
+            f"The request body is larger than the {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes allowed here.",
+            code="request_too_large",
+            status=413,
+        )
+    if isinstance(exception, TooManyFieldsSent):
+        return ApiError(
+            f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} form fields.", code="too_many_fields"
+        )
+    if isinstance(exception, TooManyFilesSent):
+        return ApiError(
+            f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files.", code="too_many_files"
+        )
+    if isinstance(exception, SuspiciousOperation | BadRequest | MultiPartParserError):
+        return ApiError("The request could not be read.", code="bad_request")
+    if isinstance(exception, PermissionDenied):
+        return ApiError("Not allowed.", code="forbidden", status=403)
+    if isinstance(exception, Http404):
+        return ApiError("No such endpoint or object.", code="not_found", status=404)
+    return None
+
+
+def _as_json_error(response: HttpResponse) -> HttpResponse:
+    status = response.status_code
+    if status < 400 or response.streaming or response.get("Content-Type", "").startswith("application/json"):
+        return response
+    try:
+        message = HTTPStatus(status).phrase + "."
+    except ValueError:
+        message = "Error."
+    error = ApiError(message, code=STATUS_CODES.get(status, "error"), status=status)
+    error.headers = {name: response[name] for name in _KEPT_HEADERS if name in response}
+    return error_response(error)
+
+
+class ApiErrorsMiddleware:
+    """Under ``/api/``, every error answer is the JSON error body, whatever layer produced it. Goes first in
+    ``MIDDLEWARE``, so that it sees what every other layer answered."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        response = self.get_response(request)
+        return _as_json_error(response) if _is_api(request) else response
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        response = await self.get_response(request)
+        return _as_json_error(response) if _is_api(request) else response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        # Synchronous: Django runs the exception hooks in a thread it has already moved to.
+        if not _is_api(request):
+            return None
+        error = _exception_error(exception)
+        return error_response(error) if error is not None else None
 
 
 def _is_api(request: HttpRequest) -> bool:

@@ -280,8 +280,13 @@ if not DEBUG:
 
 # django-prometheus' HTTP metrics are recorded by ``myocr.metrics.PrometheusMiddleware`` instead of its two
 # middlewares, which cost two thread hops per request under ASGI and stop timing a stream when the view returns.
-# It goes first so that it times everything after it (its "before" and "after" figures are taken in one place).
+# It goes first (but for the API's error bodies) so that it times everything after it (its "before" and "after"
+# figures are taken in one place).
 MIDDLEWARE.insert(0, "myocr.metrics.PrometheusMiddleware")
+# Under /api/ every error is the JSON error body, whichever layer inside it answered (myocr/http.py). Outside the
+# metrics middleware: Django offers a view's exception to the innermost middleware first and stops at the first
+# answer, and the metrics middleware must count it before this one answers it.
+MIDDLEWARE.insert(0, "myocr.http.ApiErrorsMiddleware")
 #: Its migrations gauges run queries in ``AppConfig.ready()``, which under ASGI is inside the event loop and fails
 #: (django-prometheus issue #260); ``manage.py migrate --check`` answers the question at deploy time instead.
 PROMETHEUS_EXPORT_MIGRATIONS = False
