@@ -23,6 +23,9 @@ from accounts.tokens import token_create
 from myocr.http import ApiError, api_endpoint
 from ocr.selectors import ausage_events, ausage_summary
 
+#: JSON answers write text as UTF-8 (their charset), not as ``\uXXXX`` escapes.
+UTF8 = {"ensure_ascii": False}
+
 
 def request_data(request: HttpRequest) -> dict[str, Any]:
     """Fields of a JSON or form-encoded body."""
@@ -63,7 +66,7 @@ async def register(request: HttpRequest) -> HttpResponse:
         user = await sync_to_async(user_register)(username=username, password=password, email=email)
     except ValidationError as exc:
         raise ApiError(" ".join(exc.messages), code="invalid_registration", status=422) from None
-    return JsonResponse(user_as_dict(user), status=201)
+    return JsonResponse(user_as_dict(user), status=201, json_dumps_params=UTF8)
 
 
 @sensitive_post_parameters("password")
@@ -120,13 +123,13 @@ def user_as_dict(user: AbstractBaseUser) -> dict[str, Any]:
 async def me(request: HttpRequest) -> HttpResponse:
     data = user_as_dict(request.user)
     data["auth_enabled"] = settings.AUTH_ENABLED
-    return JsonResponse(data)
+    return JsonResponse(data, json_dumps_params=UTF8)
 
 
 @api_endpoint(methods=("GET",))
 async def my_usage(request: HttpRequest) -> HttpResponse:
     events = await ausage_events(owner=request.user)
-    return JsonResponse(events, safe=False, json_dumps_params={"ensure_ascii": False})
+    return JsonResponse(events, safe=False, json_dumps_params=UTF8)
 
 
 @api_endpoint(methods=("GET",))

@@ -56,7 +56,7 @@ class ApiError(Exception):
 
 
 def error_response(error: ApiError) -> JsonResponse:
-    response = JsonResponse({"error": error.as_dict()}, status=error.status)
+    response = JsonResponse({"error": error.as_dict()}, status=error.status, json_dumps_params={"ensure_ascii": False})
     for name, value in error.headers.items():
         response[name] = value
     return response
