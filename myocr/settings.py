@@ -102,13 +102,14 @@ _database = dj_database_url.parse(
     conn_health_checks=True,
 )
 # django-prometheus' wrappers of the same backends count queries, their duration, errors and new connections
-# (``django_db_*``); they behave as Django's own otherwise.
+# (``django_db_*``); they behave as Django's own otherwise. SQLite's is subclassed to build its cursor class once per
+# connection instead of once per query (myocr/db/sqlite3/base.py).
 _PROMETHEUS_BACKENDS = {
-    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+    "django.db.backends.sqlite3": "myocr.db.sqlite3",
     "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
 }
 _database["ENGINE"] = _PROMETHEUS_BACKENDS.get(_database["ENGINE"], _database["ENGINE"])
-_SQLITE = _database["ENGINE"] == "django_prometheus.db.backends.sqlite3"
+_SQLITE = _database["ENGINE"] == "myocr.db.sqlite3"
 if _SQLITE:
     Path(_database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # WAL lets readers run beside the single writer; IMMEDIATE transactions take the write lock up front so
