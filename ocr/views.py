@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import uuid
 from contextlib import aclosing
 from dataclasses import replace
@@ -43,12 +42,12 @@ from myocr import startup
 from ocr import intake, selectors
 from ocr.config import ocr_config
 from ocr.errors import OcrError
+from ocr.exports import export_job
 from ocr.forms import PRESETS, UploadForm
 from ocr.fragments import LiveRenderer, page_view, usage_view
 from ocr.live import follow_job, request_cancel, start_live_job
 from ocr.models import JobSource, OcrJob
 from ocr.pipeline import prepare_job
-from ocr.rendering import render_page
 from ocr.services import job_delete
 from ocr.transports import sse_event
 
@@ -311,44 +310,7 @@ def job_remove(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
 @require_GET
 @page_owner_required
 def job_download(request: HttpRequest, job_id: uuid.UUID, fmt: str) -> HttpResponse:
-    job = _owned_job(request, job_id)
-    pages = list(job.pages.order_by("number"))
-    rendered = [(page, render_page(page.text, page.layout)) for page in pages]
-    if fmt == "json":
-        data = selectors.job_as_dict(job, pages=pages)
-        for detail, (_page, page_render) in zip(data["pages_detail"], rendered, strict=True):
-            detail["markdown"] = page_render.markdown
-            detail["blocks"] = [block.as_dict() for block in page_render.blocks]
-        body = json.dumps(data, ensure_ascii=False, indent=2)
-        content_type = "application/json; charset=utf-8"
-    elif fmt == "md":
-        body = _joined(job, [(page.number, page_render.markdown) for page, page_render in rendered], markdown=True)
-        content_type = "text/markdown; charset=utf-8"
-    else:
-        body = _joined(job, [(page.number, page_render.markdown) for page, page_render in rendered], markdown=False)
-        content_type = "text/plain; charset=utf-8"
-    response = HttpResponse(body, content_type=content_type)
-    response["Content-Disposition"] = content_disposition_header(True, download_name(job.file_name, fmt))
-    response["X-Content-Type-Options"] = "nosniff"
-    return response
-
-
-def _joined(job: OcrJob, texts: list[tuple[int, str]], *, markdown: bool) -> str:
-    if len(texts) <= 1 and job.page_count <= 1:
-        return (texts[0][1] if texts else "") + "\n"
-    parts = []
-    for number, text in texts:
-        marker = f"<!-- page {number} -->" if markdown else f"===== {number} ====="
-        parts.append(f"{marker}\n\n{text}".rstrip())
-    return "\n\n".join(parts) + "\n"
-
-
-def download_name(file_name: str, extension: str) -> str:
-    """A safe download name: the upload's stem without path, control or quoting characters, plus ``extension``."""
-    stem = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
-    stem = "".join(ch for ch in stem if ch.isprintable() and ch not in '\\/:*?"<>|;')
-    stem = stem.strip(" .")[:100] or "ocr-result"
-    return f"{stem}.{extension}"
+    return export_job(_owned_job(request, job_id), fmt).response()
 
 
 @require_GET

@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from accounts.models import ApiToken
 from accounts.tokens import token_create
+from ocr.exports import download_name
 from ocr.models import OcrJob, OcrPage
-from ocr.views import download_name
 from testing.documents import SAMPLES, make_numbered_pdf
 
 from .conftest import PASSWORD

@@ -1,0 +1,67 @@
+"""A job's result as a file: Markdown, plain text or JSON, the same for the browser's downloads and the API."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from django.http import HttpResponse
+from django.utils.http import content_disposition_header
+
+from ocr import selectors
+from ocr.models import OcrJob
+from ocr.rendering import render_page
+
+FORMATS = ("md", "txt", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    body: str
+    content_type: str
+    file_name: str
+
+    def response(self) -> HttpResponse:
+        response = HttpResponse(self.body, content_type=self.content_type)
+        response["Content-Disposition"] = content_disposition_header(True, self.file_name)
+        response["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
+def export_job(job: OcrJob, fmt: str) -> Export:
+    """The result of ``job`` in ``fmt`` (one of ``FORMATS``). Reads its pages: call it off the event loop."""
+    pages = list(job.pages.order_by("number"))
+    rendered = [(page, render_page(page.text, page.layout)) for page in pages]
+    if fmt == "json":
+        data = selectors.job_as_dict(job, pages=pages)
+        for detail, (_page, page_render) in zip(data["pages_detail"], rendered, strict=True):
+            detail["markdown"] = page_render.markdown
+            detail["blocks"] = [block.as_dict() for block in page_render.blocks]
+        # UTF-8 as it is: a reader of the file sees the text, not \\u escapes.
+        body = json.dumps(data, ensure_ascii=False, indent=2)
+        content_type = "application/json; charset=utf-8"
+    elif fmt == "md":
+        body = _joined(job, [(page.number, page_render.markdown) for page, page_render in rendered], markdown=True)
+        content_type = "text/markdown; charset=utf-8"
+    else:
+        body = _joined(job, [(page.number, page_render.markdown) for page, page_render in rendered], markdown=False)
+        content_type = "text/plain; charset=utf-8"
+    return Export(body=body, content_type=content_type, file_name=download_name(job.file_name, fmt))
+
+
+def _joined(job: OcrJob, texts: list[tuple[int, str]], *, markdown: bool) -> str:
+    if len(texts) <= 1 and job.page_count <= 1:
+        return (texts[0][1] if texts else "") + "\n"
+    parts = []
+    for number, text in texts:
+        marker = f"<!-- page {number} -->" if markdown else f"===== {number} ====="
+        parts.append(f"{marker}\n\n{text}".rstrip())
+    return "\n\n".join(parts) + "\n"
+
+
+def download_name(file_name: str, extension: str) -> str:
+    """A safe download name: the upload's stem without path, control or quoting characters, plus ``extension``."""
+    stem = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
+    stem = "".join(ch for ch in stem if ch.isprintable() and ch not in '\\/:*?"<>|;')
+    stem = stem.strip(" .")[:100] or "ocr-result"
+    return f"{stem}.{extension}"
