@@ -11,7 +11,7 @@ TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/myocr
 # The local run is a development run with a demo account; production sets its own environment.
 RUN_ENV = DEBUG=$${DEBUG:-true} BOOTSTRAP_USER=$${BOOTSTRAP_USER-demo} BOOTSTRAP_PASS=$${BOOTSTRAP_PASS-demo-password}
 
-.PHONY: install run run-fake-engine test test-postgres system-deps lint format bench clean
+.PHONY: install run worker run-fake-engine test test-postgres system-deps lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ run: install
 	$(RUN_ENV) $(BIN)/python manage.py bootstrap_user
 	@echo "My OCR on http://$(HOST):$(PORT)/ (demo account: $${BOOTSTRAP_USER-demo} / $${BOOTSTRAP_PASS-demo-password})"
 	$(RUN_ENV) exec $(BIN)/daphne -e tcp:port=$(PORT):interface=$(HOST):backlog=1024 myocr.asgi:application
+
+# One worker for detached jobs, in the foreground, with `make run`'s environment (needs OCR_QUEUE_URL and REDIS_URL).
+worker: install
+	$(RUN_ENV) $(BIN)/python manage.py migrate --noinput
+	$(RUN_ENV) exec $(BIN)/python manage.py ocr_worker
 
 run-fake-engine: install
 	exec $(BIN)/python -m testing.fake_vllm --host 127.0.0.1 --port $(FAKE_ENGINE_PORT)

@@ -19,7 +19,7 @@ django_application = PooledThreadsASGIHandler()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from myocr.startup import start_background_tasks  # noqa: E402
+from myocr.startup import ResumeOrphansAtFirstRequest, start_background_tasks  # noqa: E402
 from myocr.upload_limit import UploadLimitMiddleware  # noqa: E402
 from ocr.config import ocr_config  # noqa: E402
 
@@ -35,6 +35,6 @@ http_application = UploadLimitMiddleware(
     max_bytes=lambda: ocr_config().max_upload_bytes,
 )
 
-application = ProtocolTypeRouter({"http": http_application})
+application = ProtocolTypeRouter({"http": ResumeOrphansAtFirstRequest(http_application)})
 
 start_background_tasks()

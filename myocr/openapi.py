@@ -24,7 +24,7 @@ OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
 NDJSON = "application/x-ndjson"
 JOB_STATUSES = ["done", "partial", "failed", "cancelled"]
-STORED_JOB_STATUSES = ["running", *JOB_STATUSES, "interrupted"]
+STORED_JOB_STATUSES = ["queued", "running", *JOB_STATUSES, "interrupted"]
 PAGE_STATUSES = ["done", "truncated", "failed", "cancelled"]
 STORED_PAGE_STATUSES = ["running", *PAGE_STATUSES]
 MAX_PROMPT_CHARS = 4000
@@ -217,7 +217,7 @@ def schemas() -> dict[str, Any]:
                 "duration_ms": nullable(COUNT),
             }
         ),
-        "Job": obj(
+        "JobSummary": obj(
             {
                 "id": UUID,
                 "kind": {"enum": ["image", "pdf"]},
@@ -237,11 +237,25 @@ def schemas() -> dict[str, Any]:
                 "first_delta_ms": nullable(COUNT),
                 "usage": ref("JobUsage"),
                 "error": nullable(ref("ErrorDetail")),
-                "pages_detail": {"type": "array", "items": ref("StoredPage")},
-                "text": {"type": "string", "description": "The pages' text joined by blank lines."},
             },
-            description="A stored job (``interrupted``: the server stopped while it ran; usage is what was spent).",
+            description=(
+                "A stored job (``queued``: waiting for a worker; ``interrupted``: the server stopped while it ran; "
+                "usage is what was spent)."
+            ),
         ),
+        "Job": {
+            "allOf": [
+                ref("JobSummary"),
+                obj(
+                    {
+                        "pages_detail": {"type": "array", "items": ref("StoredPage")},
+                        "text": {"type": "string", "description": "The pages' text joined by blank lines."},
+                    }
+                ),
+            ],
+            "description": "A stored job with every page's text.",
+        },
+        **job_api_schemas(),
         # --- accounts ---------------------------------------------------------------------------------------
         "Credentials": obj(
             {
@@ -345,7 +359,7 @@ ERROR_STATUSES = {
     415: "Not an image or a PDF, or the other endpoint's kind.",
     422: "The input was understood but refused: see ``error.code``.",
     429: "A limit: too many jobs running, the daily page quota, or too many sign-in or registration attempts.",
-    503: "No OCR engine is configured.",
+    503: "No OCR engine is configured (`engine_not_configured`), or the job queue is down (`queue_unavailable`).",
 }
 
 
@@ -405,22 +419,197 @@ def ocr_operation(kind: str) -> dict[str, Any]:
     }
 
 
-def paths() -> dict[str, Any]:
-    public: list[dict[str, list[str]]] = []
+def job_api_schemas() -> dict[str, Any]:
+    links = {
+        "url": {"type": "string", "description": "The job: `GET /api/jobs/{job_id}`."},
+        "events_url": {"type": "string", "description": "Its frames: `GET /api/jobs/{job_id}/events`."},
+    }
     return {
-        "/api/ocr/image": {"post": ocr_operation("image")},
-        "/api/ocr/pdf": {"post": ocr_operation("pdf")},
+        "JobBatch": obj(
+            {
+                "file": {
+                    "type": "array",
+                    "items": {"type": "string", "format": "binary"},
+                    "description": "One or more files (`file` repeated), each an image or a PDF: one job each.",
+                },
+                "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+            },
+            required=["file"],
+        ),
+        "QueuedJob": obj(
+            {
+                "job_id": UUID,
+                "status": {"enum": ["queued", "running"]},
+                "kind": {"enum": ["image", "pdf"]},
+                "file_name": TEXT,
+                "pages": COUNT,
+                **links,
+            },
+            description="A submitted job: `queued` for a worker (`running` at once on a server without a queue).",
+        ),
+        "QueuedJobs": obj({"jobs": {"type": "array", "items": ref("QueuedJob")}}),
+        "JobPage": obj(
+            {
+                "jobs": {"type": "array", "items": ref("JobSummary")},
+                "page": PAGE_NUMBER,
+                "page_size": PAGE_NUMBER,
+                "total": COUNT,
+                "has_next": FLAG,
+            },
+            description="Your jobs, newest first, without their pages' text.",
+        ),
+        "JobAction": obj(
+            {"job_id": UUID, "status": {"enum": STORED_JOB_STATUSES}, **links},
+            description="What a cancel or retry did (``pages``: the pages that will run again).",
+        ),
+        "JobEvent": {
+            "description": (
+                "A frame of `/api/ocr/image` (image jobs) or `/api/ocr/pdf` (PDF jobs), plus `seq`: it increases "
+                "along the stream and is the resume point of `?after=`. After a hand-over to another runner a "
+                "running page starts again: its first delta carries `reset: true`."
+            ),
+            "allOf": [
+                {"anyOf": [ref("ImageFrame"), ref("PdfFrame")]},
+                obj({"seq": {"type": "integer", "minimum": 1}}),
+            ],
+        },
+    }
+
+
+def job_id_parameter() -> dict[str, Any]:
+    return {"name": "job_id", "in": "path", "required": True, "schema": UUID, "description": "From `start`."}
+
+
+def job_api_paths() -> dict[str, Any]:
+    job_id = [job_id_parameter()]
+    return {
+        "/api/jobs": {
+            "post": {
+                "operationId": "job_submit",
+                "tags": ["jobs"],
+                "summary": "Submit files to read in the background; follow, poll or collect them later",
+                "description": (
+                    "Every file is checked before anything is kept: one bad file refuses the whole request, "
+                    "naming it. `503 queue_unavailable`: the job queue could not take the jobs, nothing was kept."
+                ),
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": ref("JobBatch")}}},
+                "responses": {
+                    **json_ok(ref("QueuedJobs"), "The jobs, one per file.", status=202),
+                    **errors(400, 401, 411, 413, 415, 422, 429, 503),
+                },
+            },
+            "get": {
+                "operationId": "job_list",
+                "tags": ["jobs"],
+                "summary": "Your jobs, newest first",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {"enum": STORED_JOB_STATUSES}},
+                    {"name": "kind", "in": "query", "schema": {"enum": ["image", "pdf"]}},
+                    {"name": "page", "in": "query", "schema": PAGE_NUMBER},
+                    {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+                ],
+                "responses": {**json_ok(ref("JobPage"), "A page of jobs."), **errors(400, 401)},
+            },
+        },
         "/api/jobs/{job_id}": {
             "get": {
                 "operationId": "job_detail",
                 "tags": ["jobs"],
                 "summary": "A stored job of yours, with every page's text",
-                "parameters": [
-                    {"name": "job_id", "in": "path", "required": True, "schema": UUID, "description": "From `start`."}
-                ],
+                "parameters": job_id,
                 "responses": {**json_ok(ref("Job"), "The job."), **errors(401, 404)},
+            },
+            "delete": {
+                "operationId": "job_delete",
+                "tags": ["jobs"],
+                "summary": "Remove an ended job's text and file (its usage stays in the ledger)",
+                "parameters": job_id,
+                "responses": {
+                    "204": {"description": "Removed."},
+                    **errors(401, 404),
+                    "409": error(409, "The job has not ended (`job_not_finished`): cancel it first."),
+                },
+            },
+        },
+        "/api/jobs/{job_id}/events": {
+            "get": {
+                "operationId": "job_events",
+                "tags": ["jobs"],
+                "summary": "The job's frames: the stored part first, then live until `end`",
+                "parameters": [
+                    *job_id,
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "The `seq` of the last frame you have: the stream resumes after it.",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "NDJSON frames; an empty line is a keep-alive.",
+                        "content": {NDJSON: {"schema": {"type": "array", "items": ref("JobEvent")}}},
+                    },
+                    **errors(400, 401, 404),
+                },
             }
         },
+        "/api/jobs/{job_id}/cancel": {
+            "post": {
+                "operationId": "job_cancel",
+                "tags": ["jobs"],
+                "summary": "Cancel a job: a queued one ends at once, a running one within two seconds",
+                "parameters": job_id,
+                "responses": {
+                    **json_ok(ref("JobAction"), "Cancelling.", status=202),
+                    **errors(401, 404),
+                    "409": error(409, "The job has already ended (`job_finished`)."),
+                },
+            }
+        },
+        "/api/jobs/{job_id}/retry": {
+            "post": {
+                "operationId": "job_retry",
+                "tags": ["jobs"],
+                "summary": "Run an ended job's failed, cut-off and cancelled pages again (the others are kept)",
+                "parameters": job_id,
+                "responses": {
+                    **json_ok(ref("JobAction"), "Queued again.", status=202),
+                    **errors(401, 404, 503),
+                    "409": error(
+                        409, "Not ended (`job_not_finished`), every page done (`nothing_to_retry`) or file gone."
+                    ),
+                },
+            }
+        },
+        **{
+            f"/api/jobs/{{job_id}}/result.{fmt}": {
+                "get": {
+                    "operationId": f"job_result_{fmt}",
+                    "tags": ["jobs"],
+                    "summary": f"The job's result as {label}",
+                    "parameters": job_id,
+                    "responses": {
+                        "200": {"description": label, "content": {media: {"schema": {"type": "string"}}}},
+                        **errors(401, 404),
+                    },
+                }
+            }
+            for fmt, label, media in (
+                ("md", "Markdown", "text/markdown"),
+                ("txt", "plain text", "text/plain"),
+                ("json", "JSON (the job with its pages)", "application/json"),
+            )
+        },
+    }
+
+
+def paths() -> dict[str, Any]:
+    public: list[dict[str, list[str]]] = []
+    return {
+        "/api/ocr/image": {"post": ocr_operation("image")},
+        "/api/ocr/pdf": {"post": ocr_operation("pdf")},
+        **job_api_paths(),
         "/api/auth/register": {
             "post": {
                 "operationId": "register",

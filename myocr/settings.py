@@ -256,6 +256,8 @@ LOGGING = {
         "django": {"level": LOG_LEVEL, "propagate": True},
         "RapidOCR": {"level": "WARNING", "propagate": True},
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "pika": {"level": "WARNING"},
         "openai": {"level": "WARNING"},
     },
 }
@@ -326,6 +328,24 @@ OCR_REGISTER_WINDOW_SECONDS = env_int("OCR_REGISTER_WINDOW_SECONDS", 60 * 60, mi
 #: Each server process records that it is alive this often. The running jobs of a process silent for four
 #: heartbeats (or, on the same host, of a process that no longer exists) are marked interrupted.
 OCR_WORKER_HEARTBEAT_SECONDS = env_float("OCR_WORKER_HEARTBEAT_SECONDS", 15.0, minimum=0.1)
+
+# --- The task queue (ocr/queue.py) ---
+#: A ``redis://`` or ``amqp://`` URL: browser uploads and the job API then run as tasks of worker processes
+#: (``manage.py ocr_worker``) on any number of machines. Unset: they run in the web process that received them.
+OCR_QUEUE_URL = env_str("OCR_QUEUE_URL")
+if OCR_QUEUE_URL and not OCR_QUEUE_URL.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
+    raise ImproperlyConfigured("OCR_QUEUE_URL must be a redis:// or amqp:// URL (see README: Configuration).")
+if OCR_QUEUE_URL and not REDIS_URL:
+    # Events of a job run by a worker reach the browser through the channel layer, which must then span processes.
+    raise ImproperlyConfigured("OCR_QUEUE_URL needs REDIS_URL: workers publish job events through Redis.")
+#: The queue's name on the broker: deployments (or test runs) sharing one broker keep apart by it.
+OCR_QUEUE_NAME = env_str("OCR_QUEUE_NAME", "ocr")
+#: Jobs one worker process runs at once (each with up to OCR_PAGE_CONCURRENCY pages in flight).
+OCR_WORKER_JOBS = env_int("OCR_WORKER_JOBS", 2, minimum=1, maximum=256)
+#: A page whose engine request failed transiently (refused, 503, a dropped stream) is tried this many times more,
+#: after 1 s, 2 s, 4 s…
+OCR_ENGINE_RETRIES = env_int("OCR_ENGINE_RETRIES", 2, minimum=0, maximum=10)
+OCR_ENGINE_RETRY_SECONDS = env_float("OCR_ENGINE_RETRY_SECONDS", 1.0, minimum=0.0)
 
 #: The Content-Security-Policy of every response. The pages use no inline script or style, no eval and no
 #: third-party origin: page previews are ``data:`` images, and the API docs' assets are vendored.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Any
 
 logger = logging.getLogger(__name__)
 _started = False
@@ -44,3 +45,20 @@ def _warm_up(done: threading.Event) -> None:
         logger.exception("OCR engine warm-up failed; the first request will try again")
     finally:
         done.set()
+
+
+class ResumeOrphansAtFirstRequest:
+    """ASGI wrapper: at the first request, hand the server's event loop to ``ocr.jobs`` so that, without a task
+    queue, this process resumes the detached jobs a dead process left (and those recovery requeues later)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.armed = True
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.armed:
+            self.armed = False
+            from ocr.jobs import serve_orphans
+
+            serve_orphans(asyncio.get_running_loop())
+        await self.app(scope, receive, send)

@@ -11,7 +11,15 @@ from ocr.views import favicon, healthz
 api_patterns = [
     path("ocr/image", ocr_api.ocr_image, name="ocr-image"),
     path("ocr/pdf", ocr_api.ocr_pdf, name="ocr-pdf"),
+    path("jobs", ocr_api.jobs, name="jobs"),
     path("jobs/<str:job_id>", ocr_api.job_detail, name="job-detail"),
+    path("jobs/<str:job_id>/events", ocr_api.job_events, name="job-events"),
+    path("jobs/<str:job_id>/cancel", ocr_api.job_cancel, name="job-cancel"),
+    path("jobs/<str:job_id>/retry", ocr_api.job_retry, name="job-retry"),
+    *(
+        path(f"jobs/<str:job_id>/result.{fmt}", ocr_api.job_result, {"fmt": fmt}, name=f"job-result-{fmt}")
+        for fmt in ("md", "txt", "json")
+    ),
     path("auth/register", accounts_api.register, name="register"),
     path("auth/token", accounts_api.issue_token, name="token"),
     path("users/me", accounts_api.me, name="me"),

@@ -1,22 +1,28 @@
-"""The NDJSON streaming API for scripts and the job read endpoint. Thin: validate, call, respond."""
+"""The NDJSON streaming API for scripts and the job API (submit, list, follow, cancel, retry, results, delete).
+Thin: validate, call, respond."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.multipartparser import MultiPartParserError
+from django.urls import reverse
 
 from myocr.http import ApiError, api_endpoint
 from ocr import intake, metrics
 from ocr.config import ocr_config
 from ocr.errors import IntakeError
-from ocr.models import JobSource
+from ocr.exports import export_job
+from ocr.jobs import cancel_job, retry_failed_pages, submit_job
+from ocr.live import job_frames
+from ocr.models import JobKind, JobSource, JobStatus, OcrJob
 from ocr.pipeline import prepare_job
-from ocr.selectors import ajob_detail, ajob_for_owner
-from ocr.services import job_abandon
-from ocr.transports import NDJSON_CONTENT_TYPE, ndjson_stream
+from ocr.selectors import ajob_detail, ajob_for_owner, job_as_dict, visible_jobs_for_owner
+from ocr.services import job_abandon, job_delete
+from ocr.transports import NDJSON_CONTENT_TYPE, ndjson_frames_stream, ndjson_stream
 
 
 @api_endpoint(methods=("POST",))
@@ -95,10 +101,189 @@ async def _start_job(request: HttpRequest, *, kind: str) -> HttpResponse:
     return response
 
 
-@api_endpoint(methods=("GET",))
-async def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
+# --- The job API ----------------------------------------------------------------------------------------------
+
+#: Files one ``POST /api/jobs`` may carry.
+MAX_BATCH_FILES = 100
+JOBS_PAGE_SIZE = 50
+MAX_JOBS_PAGE_SIZE = 200
+
+
+def _json(data: Any, *, status: int = 200) -> JsonResponse:
+    return JsonResponse(data, status=status, json_dumps_params={"ensure_ascii": False})
+
+
+async def _owned(request: HttpRequest, job_id: str) -> OcrJob:
     job = await ajob_for_owner(owner=request.user, job_id=job_id)
     if job is None:
         raise ApiError("No such job.", code="not_found", status=404)
+    return job
+
+
+def job_links(job_id: object) -> dict[str, str]:
+    return {
+        "url": reverse("api:job-detail", args=[str(job_id)]),
+        "events_url": reverse("api:job-events", args=[str(job_id)]),
+    }
+
+
+@api_endpoint(methods=("GET", "POST"))
+async def jobs(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        return await _submit_jobs(request)
+    return await _list_jobs(request)
+
+
+async def read_batch(request: HttpRequest) -> tuple[list[intake.Upload], str]:
+    """The uploaded ``file`` fields and the ``prompt`` of a multipart request."""
+    if (request.content_type or "") != "multipart/form-data":
+        raise IntakeError(
+            "Send the files as multipart/form-data in fields named 'file'.", code="missing_file", status=400
+        )
+
+    def parse() -> tuple[list[intake.Upload], str]:
+        files = request.FILES.getlist("file")
+        if len(files) > MAX_BATCH_FILES:
+            raise IntakeError(f"Send at most {MAX_BATCH_FILES} files at once.", code="too_many_files")
+        uploads = [intake.Upload(data=file.read(), file_name=intake.clean_file_name(file.name)) for file in files]
+        return uploads, request.POST.get("prompt", "")
+
+    try:
+        uploads, prompt = await sync_to_async(parse, thread_sensitive=False)()
+    except MultiPartParserError:
+        raise IntakeError("The multipart/form-data body could not be read.", code="bad_request", status=400) from None
+    if not uploads:
+        raise IntakeError("No file in the request: send it in a field named 'file'.", code="missing_file")
+    return uploads, prompt
+
+
+async def _submit_jobs(request: HttpRequest) -> HttpResponse:
+    uploads, raw_prompt = await read_batch(request)
+    prompt = clean_prompt(raw_prompt)
+    if "callback_url" in request.POST:
+        raise ApiError(
+            "Webhooks (callback_url) are not available on this server yet; poll the job or follow its events.",
+            code="invalid_callback_url",
+        )
+    config = ocr_config()
+    kinds: list[str] = []
+    # Every file is checked before anything is kept: one bad file refuses the whole batch, naming it.
+    for upload in uploads:
+        kind = "pdf" if intake.sniff(upload.data[:1024]) == intake.PDF else "image"
+        try:
+            document = await intake.open_upload(upload, expected_kind=kind, config=config)
+        except IntakeError as error:
+            prefix = f"{upload.file_name}: " if len(uploads) > 1 else ""
+            raise IntakeError(f"{prefix}{error.message}", code=error.code, status=error.status) from None
+        await document.aclose()
+        kinds.append(kind)
+    entries = []
+    for upload, kind in zip(uploads, kinds, strict=True):
+        job = await submit_job(owner=request.user, upload=upload, kind=kind, source=JobSource.API, prompt=prompt)
+        entries.append(
+            {
+                "job_id": str(job.pk),
+                "status": job.status,
+                "kind": job.kind,
+                "file_name": job.file_name,
+                "pages": job.page_count,
+                **job_links(job.pk),
+            }
+        )
+    return _json({"jobs": entries}, status=202)
+
+
+def refuse_unknown_parameters(request: HttpRequest, known: tuple[str, ...]) -> None:
+    """A misspelt filter must not silently return everything."""
+    unknown = sorted(set(request.GET) - set(known))
+    if unknown:
+        raise ApiError(
+            f"Unknown query parameter {unknown[0]!r}; this endpoint takes {', '.join(known)}.", code="invalid_filter"
+        )
+
+
+async def _list_jobs(request: HttpRequest) -> HttpResponse:
+    refuse_unknown_parameters(request, ("status", "kind", "page", "page_size"))
+    query = visible_jobs_for_owner(owner=request.user).order_by("-created_at")
+    status = request.GET.get("status")
+    if status:
+        if status not in JobStatus.values:
+            raise ApiError(f"Unknown status; use one of {', '.join(JobStatus.values)}.", code="invalid_filter")
+        query = query.filter(status=status)
+    kind = request.GET.get("kind")
+    if kind:
+        if kind not in JobKind.values:
+            raise ApiError(f"Unknown kind; use one of {', '.join(JobKind.values)}.", code="invalid_filter")
+        query = query.filter(kind=kind)
+    try:
+        page = int(request.GET.get("page", "1"))
+        page_size = int(request.GET.get("page_size", str(JOBS_PAGE_SIZE)))
+    except ValueError:
+        page = page_size = 0
+    if page < 1 or not 1 <= page_size <= MAX_JOBS_PAGE_SIZE:
+        raise ApiError(
+            f"page is a positive integer and page_size one from 1 to {MAX_JOBS_PAGE_SIZE}.", code="invalid_filter"
+        )
+    offset = (page - 1) * page_size
+    total = await query.acount()
+    rows = [job async for job in query[offset : offset + page_size + 1]] if offset < total else []
+    items = [{**job_as_dict(job), **job_links(job.pk)} for job in rows[:page_size]]
+    return _json(
+        {"jobs": items, "page": page, "page_size": page_size, "total": total, "has_next": len(rows) > page_size}
+    )
+
+
+@api_endpoint(methods=("GET", "DELETE"))
+async def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
+    job = await _owned(request, job_id)
+    if request.method == "DELETE":
+        if not job.is_finished:
+            raise ApiError("The job has not ended: cancel it first.", code="job_not_finished", status=409)
+        await sync_to_async(job_delete)(job=job)
+        return HttpResponse(status=204)
     data: dict[str, Any] = await ajob_detail(job)
-    return JsonResponse(data, json_dumps_params={"ensure_ascii": False})
+    return _json({**data, **job_links(job.pk)})
+
+
+@api_endpoint(methods=("POST",))
+async def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
+    job = await _owned(request, job_id)
+    status = await cancel_job(job) if not job.is_finished else None
+    if status is None:
+        raise ApiError("The job has already ended.", code="job_finished", status=409)
+    return _json({"job_id": str(job.pk), "status": status, "cancel_requested": True, **job_links(job.pk)}, status=202)
+
+
+@api_endpoint(methods=("POST",))
+async def job_retry(request: HttpRequest, job_id: str) -> HttpResponse:
+    job = await _owned(request, job_id)
+    if not job.is_finished:
+        raise ApiError("The job has not ended yet.", code="job_not_finished", status=409)
+    if not job.upload:
+        raise ApiError("The uploaded file is no longer kept: upload it again.", code="upload_gone", status=409)
+    pages = await retry_failed_pages(job)
+    if not pages:
+        raise ApiError("Every page of the job is done: nothing to retry.", code="nothing_to_retry", status=409)
+    return _json({"job_id": str(job.pk), "status": "queued", "pages": pages, **job_links(job.pk)}, status=202)
+
+
+@api_endpoint(methods=("GET",))
+async def job_events(request: HttpRequest, job_id: str) -> HttpResponse:
+    """The job's frames as NDJSON, each with its ``seq``: the stored part first, then live until ``end``."""
+    refuse_unknown_parameters(request, ("after",))
+    job = await _owned(request, job_id)
+    raw_after = request.GET.get("after", "0")
+    if not raw_after.isdigit():
+        raise ApiError("after is the seq of the last frame you have (a non-negative integer).", code="invalid_filter")
+    frames = job_frames(job, after=int(raw_after), poll=settings.OCR_LIVE_POLL_SECONDS)
+    response = StreamingHttpResponse(ndjson_frames_stream(frames, job.kind), content_type=NDJSON_CONTENT_TYPE)
+    response["Cache-Control"] = "no-store"
+    response["X-Accel-Buffering"] = "no"
+    response["X-Job-Id"] = str(job.pk)
+    return response
+
+
+@api_endpoint(methods=("GET",))
+async def job_result(request: HttpRequest, job_id: str, fmt: str) -> HttpResponse:
+    job = await _owned(request, job_id)
+    return (await sync_to_async(export_job)(job, fmt)).response()

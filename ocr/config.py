@@ -42,6 +42,8 @@ class OcrConfig:
     warmup: bool
     keep_uploads: bool
     max_prompt_chars: int = 4000
+    engine_retries: int = 2
+    engine_retry_seconds: float = 1.0
 
 
 def resolve_engine_name(choice: str, base_url: str) -> str:
@@ -84,6 +86,8 @@ def ocr_config() -> OcrConfig:
         total_timeout=settings.OCR_ENGINE_TOTAL_TIMEOUT,
         warmup=settings.OCR_WARMUP,
         keep_uploads=settings.OCR_KEEP_UPLOADS,
+        engine_retries=settings.OCR_ENGINE_RETRIES,
+        engine_retry_seconds=settings.OCR_ENGINE_RETRY_SECONDS,
     )
 
 

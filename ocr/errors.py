@@ -22,6 +22,13 @@ class EngineNotConfigured(OcrError):
     code = "engine_not_configured"
 
 
+class QueueUnavailable(OcrError):
+    """The task queue's broker could not take the job; nothing of it was kept."""
+
+    status = 503
+    code = "queue_unavailable"
+
+
 class EngineError(OcrError):
     """The engine failed on one page. ``code`` is one of the ``ENGINE_*`` codes below.
 

@@ -39,9 +39,9 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from ocr.models import JobStatus, OcrJob, OcrPage, PageStatus
-from ocr.pipeline import Event, JobRun
-from ocr.services import live_job_close, live_pages_store
+from ocr.models import JobStatus, OcrJob, OcrJobEvents, OcrPage, PageStatus
+from ocr.pipeline import Event, JobRun, Logged, page_end_event
+from ocr.services import cancel_requested, live_job_close, live_pages_store, outcome_from_page
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,9 @@ def publish_interval() -> float:
 # --- Runner ---------------------------------------------------------------------------------------------------
 
 
-def start_live_job(run: JobRun) -> asyncio.Task[None]:
+def start_live_job(run: JobRun, *, seq: int = 0) -> asyncio.Task[None]:
     """Run ``run`` in the background of this process and return its task (kept referenced until it ends)."""
-    live = LiveJob(run)
+    live = LiveJob(run, seq=seq)
     # A fresh context: the task must not keep the request's thread-sensitive executor (closed when the request
     # ends) nor anything else of the request that started it.
     task = asyncio.get_running_loop().create_task(
@@ -98,19 +98,29 @@ async def request_cancel(job_id: uuid.UUID) -> None:
 
 
 class LiveJob:
-    def __init__(self, run: JobRun) -> None:
+    """``seq`` is the sequence number before the first batch: 0 for a new job; a resumed job starts far past
+    what its previous runner could have published (``ocr.jobs.RESUME_SEQ_GAP``), so its followers see a gap and
+    catch up from the stored pages instead of skipping the new batches as already seen."""
+
+    def __init__(self, run: JobRun, *, seq: int = 0) -> None:
         self.run = run
         self.job_id: uuid.UUID = run.job.pk
         self.task: asyncio.Task[None] | None = None
-        self.seq = 0
-        self.flushed_seq = 0
+        self.seq = seq
+        self.flushed_seq = seq
         self.ended = False
         self._started = False
         self._cancel_requested = False
         self._texts: dict[int, list[str]] = {}  # text of the pages running, as streamed so far
         self._dirty: set[int] = set()
+        self._unlogged: list[Event] = []  # frames published since the last store of the event log
         self._flush_now = asyncio.Event()
+        self._flush_lock = asyncio.Lock()  # stores in seq order: a reader of the log never finds a hole
         self._layer = get_channel_layer()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
 
     def cancel(self) -> None:
         """Stop the job; the pipeline records it as cancelled with the usage so far."""
@@ -129,12 +139,20 @@ class LiveJob:
             helpers.append(asyncio.create_task(self._listen(control), name=f"ocr-live-control-{self.job_id}"))
             helpers.append(asyncio.create_task(self._flush_periodically(), name=f"ocr-live-flush-{self.job_id}"))
             self._started = True
+            if self.run.job.detached and await cancel_requested(job_id=self.job_id):
+                # Cancelled by its owner before this runner listened to the control group.
+                self._cancel_requested = True
+                self.run.cancel_reason = "cancelled by its owner."
             if self._cancel_requested:
                 return
             async with aclosing(self.run.batches()) as batches:
                 async for batch in batches:
-                    self._apply(batch)
-                    await self._publish({"type": "live.batch", "seq": self.seq, "events": batch})
+                    first = self._apply(batch)
+                    if any(event["type"] != "page_delta" for event in batch):
+                        # A page's start and end and the job's end are in the log before anyone sees them: a
+                        # runner that takes the job over continues from the log, and must not tell them twice.
+                        await self._flush(announce=False)
+                    await self._publish({"type": "live.batch", "seq": self.seq, "first": first, "events": batch})
                     if self.ended:
                         break
                     # Let the next events gather: one message per interval rather than one per token.
@@ -155,9 +173,13 @@ class LiveJob:
                 with contextlib.suppress(Exception):
                     await layer.group_discard(control_group(self.job_id), control)
 
-    def _apply(self, batch: list[Event]) -> None:
-        self.seq += 1
+    def _apply(self, batch: list[Event]) -> int:
+        """Number the frames of ``batch`` (each gets its ``seq``) and note what they change; returns the first
+        seq. A batch's message carries its first and last seq."""
+        first = self.seq + 1
         for event in batch:
+            self.seq += 1
+            event["seq"] = self.seq
             kind = event["type"]
             if kind == "page_delta":
                 if event.get("reset"):
@@ -173,6 +195,8 @@ class LiveJob:
                 self._dirty.discard(event["page"])
             elif kind == "end":
                 self.ended = True
+        self._unlogged.extend(batch)
+        return first
 
     async def _publish(self, message: dict[str, Any]) -> None:
         try:
@@ -199,16 +223,22 @@ class LiveJob:
             await self._flush(announce=requested)
 
     async def _flush(self, *, announce: bool) -> None:
+        async with self._flush_lock:
+            await self._store(announce=announce)
+
+    async def _store(self, *, announce: bool) -> None:
         seq = self.seq
         if seq == self.flushed_seq and not announce:
             return
         texts = {number: "".join(self._texts[number]) for number in self._dirty if number in self._texts}
+        frames, self._unlogged = self._unlogged, []
         self._dirty.clear()
         try:
-            await live_pages_store(job_id=self.job_id, seq=seq, texts=texts)
+            await live_pages_store(job_id=self.job_id, seq=seq, texts=texts, frames=frames)
         except Exception:
             logger.exception("could not store the partial text of job %s", self.job_id)
             self._dirty.update(texts)
+            self._unlogged[:0] = frames
             return
         self.flushed_seq = seq
         await self._publish({"type": "live.flushed", "seq": seq})
@@ -218,19 +248,27 @@ class LiveJob:
         cancellation before the pipeline started), close it and tell the followers, who would otherwise wait for
         an ``end`` that was never published."""
         cancelled = self._cancel_requested or (self.task is not None and self.task.cancelling() > 0)
+        # The rest of the event log (with the end frame), before the job's final seq says it is complete.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._flush(announce=False))
         final_seq = self.seq if self.ended else self.seq + 1
         try:
-            status = await live_job_close(
-                job_id=self.job_id,
-                seq=final_seq,
-                status_if_running=JobStatus.CANCELLED if cancelled else JobStatus.FAILED,
+            status = await asyncio.shield(
+                live_job_close(
+                    job_id=self.job_id,
+                    seq=final_seq,
+                    status_if_running=JobStatus.CANCELLED if cancelled else JobStatus.FAILED,
+                )
             )
         except Exception:
             logger.exception("could not close live job %s", self.job_id)
             status = JobStatus.FAILED
         if not self.ended:
+            end = {"type": "end", "status": status, "job_id": str(self.job_id), "seq": final_seq}
             self.seq, self.ended = final_seq, True
-            await self._publish({"type": "live.batch", "seq": self.seq, "events": [{"type": "end", "status": status}]})
+            with contextlib.suppress(Exception):
+                await live_pages_store(job_id=self.job_id, seq=final_seq, texts={}, frames=[end])
+            await self._publish({"type": "live.batch", "seq": final_seq, "first": final_seq, "events": [end]})
 
 
 # --- Feed -----------------------------------------------------------------------------------------------------
@@ -321,7 +359,7 @@ async def follow_job(job_id: uuid.UUID, *, since: int | None, poll: float = 10.0
             if kind == "live.batch":
                 if message["seq"] <= client:
                     continue
-                if buffered or message["seq"] != client + 1:
+                if buffered or message.get("first", message["seq"]) > client + 1:
                     if not buffered:
                         await layer.group_send(control_group(job_id), {"type": "live.flush"})
                     buffered.append(message)
@@ -352,7 +390,7 @@ async def follow_job(job_id: uuid.UUID, *, since: int | None, poll: float = 10.0
             yield Snapshot(job, pages, max(job.live_seq, client), final=True)
     finally:
         reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
         with contextlib.suppress(Exception):
             await layer.group_discard(job_group(job_id), channel)
@@ -374,3 +412,203 @@ async def _batch(job_id: uuid.UUID, message: dict[str, Any], sent_final: set[int
     pages = await load_pages(job_id, ended) if ended else {}
     sent_final.update(pages)
     return Batch(message["seq"], events, pages)
+
+
+# --- Event log feed (the job API) -----------------------------------------------------------------------------
+
+
+@sync_to_async
+def load_log(job_id: uuid.UUID, *, after: int) -> tuple[list[Event], OcrJob | None]:
+    """The logged frames of ``job_id`` with a seq past ``after``, in order, and the job as stored now."""
+    job = OcrJob.objects.filter(pk=job_id).first()
+    frames: list[Event] = []
+    for row in OcrJobEvents.objects.filter(job_id=job_id, last_seq__gt=after).order_by("first_seq"):
+        frames.extend(frame for frame in row.frames if frame["seq"] > after)
+    return frames, job
+
+
+@sync_to_async
+def logged_summary(job_id: uuid.UUID) -> Logged:
+    """What the event log of ``job_id`` holds, for the runner that resumes it."""
+    logged = Logged()
+    for frames in OcrJobEvents.objects.filter(job_id=job_id).values_list("frames", flat=True).iterator():
+        for frame in frames:
+            kind = frame["type"]
+            if kind == "start":
+                logged.start = True
+            elif kind == "page_start":
+                logged.started.add(frame["page"])
+            elif kind == "page_end":
+                logged.ended.add(frame["page"])
+    return logged
+
+
+async def follow_events(job_id: uuid.UUID, *, after: int, poll: float = 10.0) -> AsyncIterator[list[Event]]:
+    """The frames of a detached job after seq ``after``: the logged ones first, then live ones as its runner
+    publishes them, until ``end``; without duplicates or gaps, whichever process runs it and however often
+    that changes. Yields an empty list while nothing happens for ``poll`` seconds (a keep-alive).
+
+    Like ``follow_job``: subscribe first, then read the log; a live batch that does not follow on from what was
+    sent (the layer dropped messages, or a new runner took over) waits for the runner's next store of the log,
+    which is then read instead. A job whose log already holds its end is replayed without subscribing.
+    """
+    frames, job = await load_log(job_id, after=after)
+    if job is None or _has_end(frames) or (job.is_finished and job.live_seq <= after):
+        if frames:
+            yield frames
+        return
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(job_group(job_id), channel)
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def pump() -> None:
+        while True:
+            await inbox.put(await layer.receive(channel))
+
+    reader = asyncio.create_task(pump(), name=f"ocr-events-{job_id}")
+    client = after
+
+    async def from_log() -> tuple[list[Event], bool]:
+        """Logged frames past ``client``, and whether the stream is over."""
+        nonlocal client
+        frames, job = await load_log(job_id, after=client)
+        if frames:
+            client = frames[-1]["seq"]
+        over = job is None or _has_end(frames) or (job.is_finished and job.live_seq <= client)
+        return frames, over
+
+    try:
+        frames, over = await from_log()
+        if frames:
+            yield frames
+        if over:
+            return
+        buffered: list[dict[str, Any]] = []
+        while True:
+            try:
+                message = await asyncio.wait_for(inbox.get(), poll)
+            except TimeoutError:
+                frames, over = await from_log()
+                buffered = [item for item in buffered if item["seq"] > client]
+                yield frames
+                if over:
+                    return
+                continue
+            kind = message.get("type")
+            if kind == "live.batch":
+                if message["seq"] <= client:
+                    continue
+                if buffered or message.get("first", message["seq"]) > client + 1:
+                    if not buffered:
+                        await layer.group_send(control_group(job_id), {"type": "live.flush"})
+                    buffered.append(message)
+                    continue
+                frames = [frame for frame in message["events"] if frame["seq"] > client]
+                client = message["seq"]
+                yield frames
+                if _has_end(frames):
+                    return
+            elif kind == "live.flushed" and buffered and message["seq"] >= buffered[0].get("first", 0) - 1:
+                frames, over = await from_log()
+                if frames:
+                    yield frames
+                if over:
+                    return
+                pending, buffered = buffered, []
+                for item in pending:
+                    if item["seq"] > client and item.get("first", item["seq"]) <= client + 1:
+                        frames = [frame for frame in item["events"] if frame["seq"] > client]
+                        client = item["seq"]
+                        yield frames
+                        if _has_end(frames):
+                            return
+                    elif item["seq"] > client:
+                        buffered.append(item)  # still ahead: wait for the next store
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        with contextlib.suppress(Exception):
+            await layer.group_discard(job_group(job_id), channel)
+
+
+async def job_frames(job: OcrJob, *, after: int, poll: float = 10.0) -> AsyncIterator[list[Event]]:
+    """Every frame of ``job`` past ``after``, ending with ``end``: from its event log for a detached job; for a
+    streaming request's job (which keeps no log: its client had the frames), rebuilt from its stored pages once
+    it has ended."""
+    if job.detached:
+        last = after
+        async with aclosing(follow_events(job.pk, after=after, poll=poll)) as frames:
+            async for batch in frames:
+                if batch:
+                    last = batch[-1]["seq"]
+                yield batch
+                if _has_end(batch):
+                    return
+        # Ended without an end frame in its log (cancelled while queued, say): say how it ended.
+        stored, _pages = await load_job(job.pk)
+        if stored is not None:
+            yield [stored_end_frame(stored, seq=last + 1)]
+        return
+    while True:
+        stored, pages = await load_job(job.pk)
+        if stored is None:
+            return
+        if stored.is_finished:
+            frames = [frame for frame in rebuilt_frames(stored, pages) if frame["seq"] > after]
+            yield frames
+            return
+        yield []
+        await asyncio.sleep(poll)  # a streaming request's job is followed by polling its stored state
+
+
+def stored_end_frame(job: OcrJob, *, seq: int) -> Event:
+    frame: Event = {
+        "type": "end",
+        "status": job.status,
+        "job_id": str(job.pk),
+        "usage": {
+            "prompt_tokens": job.prompt_tokens,
+            "completion_tokens": job.completion_tokens,
+            "prompt_chars": job.prompt_chars,
+            "completion_chars": job.completion_chars,
+            "input_bytes": job.input_bytes,
+            "pages": job.page_count,
+            "estimated": job.usage_estimated,
+        },
+        "pages_done": job.pages_done,
+        "pages_failed": job.pages_failed,
+        "elapsed_ms": job.duration_ms,
+        "seq": seq,
+    }
+    if job.error_code:
+        frame["error"] = {"code": job.error_code, "message": job.error_message}
+    return frame
+
+
+def rebuilt_frames(job: OcrJob, pages: list[OcrPage]) -> list[Event]:
+    """The frames of an ended job, rebuilt from its ledger in page order, numbered from 1."""
+    frames: list[Event] = [
+        {
+            "type": "start",
+            "kind": job.kind,
+            "job_id": str(job.pk),
+            "pages": job.page_count,
+            "file_name": job.file_name,
+            "input_bytes": job.input_bytes,
+            "engine": job.engine,
+            "model": job.model,
+        }
+    ]
+    for page in pages:
+        frames.append({"type": "page_start", "page": page.number})
+        if page.text:
+            frames.append({"type": "page_delta", "page": page.number, "delta": page.text})
+        frames.append(page_end_event(outcome_from_page(page)))
+    if job.status == JobStatus.FAILED and job.error_code:
+        frames.append({"type": "error", "error": {"code": job.error_code, "message": job.error_message}})
+    frames.append(stored_end_frame(job, seq=0))
+    for seq, frame in enumerate(frames, start=1):
+        frame["seq"] = seq
+    return frames

@@ -193,3 +193,34 @@ class EngineSlot:
     async def __aexit__(self, *exc_info: object) -> None:
         OCR_PAGES_IN_FLIGHT.dec()
         self._semaphore.release()
+
+
+# --- The task queue and engine retries (ocr/queue.py, ocr/jobs.py) ---
+QUEUE_EVENTS = ("submitted", "started", "resumed", "requeued", "finished", "refused")
+OCR_ENGINE_RETRIES = Counter(
+    "ocr_engine_retries", "Engine requests tried again after a transient failure, by error code.", ["code"]
+)
+OCR_QUEUE_JOBS = Counter(
+    "ocr_queue_jobs",
+    "Detached jobs by queue event: submitted, started by a runner, resumed after a runner died, requeued by "
+    "recovery, finished, refused by the broker.",
+    ["event"],
+)
+OCR_QUEUE_WAIT = Histogram(
+    "ocr_queue_wait_seconds", "Time from a detached job's submission to a runner taking it.", buckets=QUEUE_BUCKETS
+)
+OCR_QUEUE_RUNNING = Gauge(
+    "ocr_queue_running", "Detached jobs running in this process now.", multiprocess_mode="livesum"
+)
+OCR_QUEUE_DEPTH = Gauge(
+    "ocr_queue_depth", "Detached jobs waiting for a runner (read from the ledger).", multiprocess_mode="max"
+)
+_queue_events = {event: OCR_QUEUE_JOBS.labels(event) for event in QUEUE_EVENTS}
+
+
+def engine_retried(*, code: str) -> None:
+    OCR_ENGINE_RETRIES.labels(_known(code, ERROR_CODES)).inc()
+
+
+def queue_event(event: str, count: int = 1) -> None:
+    _queue_events[event].inc(count)

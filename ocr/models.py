@@ -21,6 +21,7 @@ class JobKind(models.TextChoices):
 
 
 class JobStatus(models.TextChoices):
+    QUEUED = "queued", _("Queued")
     RUNNING = "running", _("Running")
     DONE = "done", _("Done")
     PARTIAL = "partial", _("Partial")
@@ -31,6 +32,11 @@ class JobStatus(models.TextChoices):
     @classmethod
     def terminal(cls) -> frozenset[str]:
         return frozenset({cls.DONE, cls.PARTIAL, cls.FAILED, cls.CANCELLED, cls.INTERRUPTED})
+
+    @classmethod
+    def open(cls) -> frozenset[str]:
+        """Not ended yet: waiting for a runner, or being run."""
+        return frozenset({cls.QUEUED, cls.RUNNING})
 
 
 class PageStatus(models.TextChoices):
@@ -110,6 +116,18 @@ class OcrJob(ExportModelOperationsMixin("job"), UsageFields):
         default="",
         help_text=_("With authentication off: the address the job came from, which its limits are counted by."),
     )
+    detached = models.BooleanField(
+        _("detached"),
+        default=False,
+        help_text=_(
+            "Runs apart from any request (browser uploads, the job API): a runner that dies hands it on to the "
+            "next one, which runs the pages not stored yet."
+        ),
+    )
+    cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
+    claimed_at = models.DateTimeField(
+        _("taken"), null=True, blank=True, help_text=_("When the process in “worker” took the job (detached jobs).")
+    )
     live_seq = models.PositiveBigIntegerField(
         _("stored up to event"),
         default=0,
@@ -174,6 +192,26 @@ class OcrPage(ExportModelOperationsMixin("page"), UsageFields):
 
     def __str__(self) -> str:
         return f"page {self.number} of {self.job_id}"
+
+
+class OcrJobEvents(models.Model):
+    """A stretch of a detached job's event log: the frames its runner published from ``first_seq`` to
+    ``last_seq``, stored about once a second with the partial text of its pages (``ocr/live.py``). The job API's
+    ``GET /api/jobs/<id>/events`` replays it, so a client can resume after any frame (``?after=SEQ``)."""
+
+    job = models.ForeignKey(OcrJob, on_delete=models.CASCADE, related_name="event_log", verbose_name=_("job"))
+    first_seq = models.PositiveBigIntegerField(_("first event"))
+    last_seq = models.PositiveBigIntegerField(_("last event"))
+    frames = models.JSONField(_("frames"))
+
+    class Meta:
+        ordering = ["job", "first_seq"]
+        verbose_name = _("job event log")
+        verbose_name_plural = _("job event logs")
+        constraints = [models.UniqueConstraint(fields=["job", "first_seq"], name="ocrjobevents_unique_first")]
+
+    def __str__(self) -> str:
+        return f"events {self.first_seq}–{self.last_seq} of {self.job_id}"
 
 
 class Worker(models.Model):

@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -53,9 +54,10 @@ async def prepare_job(
     source: str,
     prompt: str,
     enforce_limits: bool = True,
+    detached: bool = False,
 ) -> JobRun:
     """The one way in for every door (API, browser, command): validate ``upload`` for ``kind``, record the job
-    and return its run, ready to be consumed.
+    and return its run, ready to be consumed. A ``detached`` job outlives its request (``ocr/jobs.py``).
 
     Raises before anything is recorded: ``IntakeError`` (the upload), ``EngineNotConfigured``, and with
     ``enforce_limits`` the owner's ``LimitExceeded``.
@@ -77,11 +79,21 @@ async def prepare_job(
             page_count=document.page_count,
             keep_upload=config.keep_uploads,
             enforce_limits=enforce_limits,
+            detached=detached,
         )
     except BaseException:
         await document.aclose()
         raise
     return JobRun(job=job, document=document, engine=engine, prompt=prompt, page_concurrency=config.page_concurrency)
+
+
+@dataclass(slots=True)
+class Logged:
+    """What a resumed job's event log already holds: its ``start``, and the pages it started and ended."""
+
+    start: bool = False
+    started: set[int] = field(default_factory=set)
+    ended: set[int] = field(default_factory=set)
 
 
 class JobRun:
@@ -96,18 +108,35 @@ class JobRun:
         prompt: str,
         page_concurrency: int,
         observer: Callable[[Event], None] | None = None,
+        kept: Sequence[PageOutcome] = (),
+        logged: Logged | None = None,
     ) -> None:
         self.job = job
         self.document = document
         self.engine = engine
         self.prompt = prompt
-        self.page_concurrency = max(1, min(page_concurrency, document.page_count))
+        # A resumed job runs only the pages it has not stored yet; the usage of the ``kept`` ones is its own.
+        kept_numbers = {outcome.number for outcome in kept}
+        self.numbers = [number for number in range(1, document.page_count + 1) if number not in kept_numbers]
+        self.page_concurrency = max(1, min(page_concurrency, len(self.numbers)))
         self.totals = JobTotals()
+        for outcome in kept:
+            self.totals.add(outcome, len(prompt))
+        # A resumed job (another runner started it, ``logged`` says what its event log holds) continues that log:
+        # no second ``start`` or ``page_start``; the kept pages whose ``page_end`` the log lacks are told again
+        # (their text as one delta that resets the page); the first delta of each page it runs resets the page's
+        # text, which the previous runner may have streamed in part.
+        self.resumed = logged is not None
+        self._logged = logged or Logged()
+        self._replay = [outcome for outcome in kept if outcome.number not in self._logged.ended]
+        config = ocr_config()
+        self.engine_retries = config.engine_retries
+        self.engine_retry_seconds = config.engine_retry_seconds
         self.status: str | None = None
         self._observer = observer
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._in_flight: dict[int, PageOutcome] = {}
-        self._pages_left = document.page_count
+        self._pages_left = len(self.numbers)
         self._last_page: PageOutcome | None = None
         self._first_error: dict[str, str] | None = None
         self._started = 0.0
@@ -169,22 +198,12 @@ class JobRun:
 
     async def _run(self) -> None:
         job = self.job
-        document = self.document
         self._started = time.monotonic()
-        self._emit(
-            {
-                "type": "start",
-                "kind": job.kind,
-                "job_id": str(job.pk),
-                "pages": document.page_count,
-                "file_name": job.file_name,
-                "input_bytes": job.input_bytes,
-                "engine": self.engine.name,
-                "model": self.engine.model,
-            }
-        )
+        if not self._logged.start:
+            self._emit_start()
+        self._emit_replay()
         metrics.job_started(kind=job.kind, input_bytes=job.input_bytes, engine_slots=self.engine.concurrency)
-        numbers = iter(range(1, document.page_count + 1))
+        numbers = iter(self.numbers)
 
         async def worker() -> None:
             for number in numbers:
@@ -206,6 +225,29 @@ class JobRun:
         finally:
             await self._finish(status)
 
+    def _emit_start(self) -> None:
+        job = self.job
+        self._emit(
+            {
+                "type": "start",
+                "kind": job.kind,
+                "job_id": str(job.pk),
+                "pages": self.document.page_count,
+                "file_name": job.file_name,
+                "input_bytes": job.input_bytes,
+                "engine": self.engine.name,
+                "model": self.engine.model,
+            }
+        )
+
+    def _emit_replay(self) -> None:
+        for outcome in self._replay:
+            if outcome.number not in self._logged.started:
+                self._emit({"type": "page_start", "page": outcome.number})
+            if outcome.text:
+                self._emit({"type": "page_delta", "page": outcome.number, "delta": outcome.text, "reset": True})
+            self._emit(page_end_event(outcome))
+
     def _final_status(self) -> str:
         totals = self.totals
         if totals.pages_done == 0:
@@ -220,9 +262,15 @@ class JobRun:
         parts: list[str] = []
         emit = self._emit
         first_delta = self._first_delta_ms is None
+        retrying = False  # the next delta starts the page's text again (a new engine attempt)
+        restarted = self.resumed  # a previous runner may have streamed some of this page's text
 
         def on_delta(text: str, *, reset: bool = False) -> None:
-            nonlocal first_delta
+            nonlocal first_delta, retrying, restarted
+            if retrying:
+                retrying, reset = False, bool(parts)
+            if restarted:
+                restarted, reset = False, True
             if reset:
                 parts.clear()
                 parts.append(text)
@@ -238,11 +286,24 @@ class JobRun:
         async with metrics.EngineSlot(engine.slots()):
             outcome.started_at = timezone.now()
             self._in_flight[number] = outcome
-            emit({"type": "page_start", "page": number})
+            if number not in self._logged.started:
+                emit({"type": "page_start", "page": number})
             try:
                 page = await self.document.page(number, pixels=engine.wants_pixels)
                 outcome.width, outcome.height = page.width, page.height
-                completion = await engine.recognise(page, self.prompt, on_delta)
+                attempt = 0
+                while True:
+                    try:
+                        completion = await engine.recognise(page, self.prompt, on_delta)
+                        break
+                    except EngineError as exc:
+                        if not exc.transient or attempt >= self.engine_retries:
+                            raise
+                        # Unreachable, overloaded or dropped: wait and ask again; what it streamed is replaced.
+                        await asyncio.sleep(self.engine_retry_seconds * 2**attempt)
+                        attempt += 1
+                        retrying = True
+                        metrics.engine_retried(code=exc.code)
                 del page
                 self._complete(outcome, completion)
             except EngineError as exc:

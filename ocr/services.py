@@ -13,7 +13,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
-from ocr.models import JobStatus, OcrJob, OcrPage
+from ocr.models import JobStatus, OcrJob, OcrJobEvents, OcrPage
 
 #: Identifies this server process in ``OcrJob.worker``, so a restarted process can find the jobs it left.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -88,9 +88,12 @@ def _create_job(
     page_count: int,
     keep_upload: bool,
     enforce_limits: bool = False,
+    status: str = JobStatus.RUNNING,
+    detached: bool = False,
 ) -> OcrJob:
-    """Create a running job (and keep its upload). With ``enforce_limits`` the owner's per-user limits are checked
-    in the transaction that inserts it (``accounts.limits.admit_job``), which raises ``LimitExceeded``."""
+    """Create a job, running or ``queued`` (and keep its upload). With ``enforce_limits`` the owner's per-user
+    limits are checked in the transaction that inserts it (``accounts.limits.admit_job``), which raises
+    ``LimitExceeded``. A ``detached`` job outlives the process that runs it (see ``ocr/jobs.py``)."""
     from accounts.limits import limits_address
 
     job = OcrJob(
@@ -105,8 +108,9 @@ def _create_job(
         engine=engine,
         model=model,
         page_count=page_count,
-        worker=WORKER_ID,
-        status=JobStatus.RUNNING,
+        worker=WORKER_ID if status == JobStatus.RUNNING else "",
+        status=status,
+        detached=detached,
     )
     if keep_upload:
         # The name passed here is ignored by ``upload_path``: the client's file name never reaches the disk.
@@ -212,6 +216,149 @@ def _finish_job(
 job_finish = sync_to_async(_finish_job)
 
 
+def _discard_job(*, job_id: object) -> None:
+    """Remove a job that was recorded but could not be handed to the queue: as if it had never been submitted."""
+    job = OcrJob.objects.filter(pk=job_id).first()
+    if job is None:
+        return
+    if job.upload:
+        job.upload.storage.delete(job.upload.name)
+    job.delete()
+
+
+job_discard = sync_to_async(_discard_job)
+
+
+def _claim_job(*, job_id: object) -> tuple[OcrJob | None, bool]:
+    """Take a detached job for this process: ``(job, resumed)``, or ``(None, False)`` when there is nothing to run
+    (it ended, was deleted, or its owner cancelled it while it waited; such a queued job is closed here).
+
+    A job already ``running`` is taken over: the queue hands a job on only when its previous runner is gone (its
+    message was not acknowledged), and a restarted in-process server only resumes jobs requeued by recovery.
+    ``resumed`` says a runner had started it before: its pages already stored are kept and not run again.
+    """
+    with transaction.atomic():
+        job = OcrJob.objects.select_for_update().filter(pk=job_id).first()
+        if job is None or job.status not in JobStatus.open() or job.deleted_at is not None:
+            return None, False
+        now = timezone.now()
+        if job.cancel_requested_at is not None:
+            OcrJob.objects.filter(pk=job_id).update(
+                status=JobStatus.CANCELLED,
+                finished_at=now,
+                error_code="cancelled",
+                error_message="The job was cancelled: cancelled by its owner.",
+            )
+            return None, False
+        resumed = job.status == JobStatus.RUNNING or job.live_seq > 0 or job.pages.exists()
+        job.status, job.worker, job.claimed_at = JobStatus.RUNNING, WORKER_ID, now
+        OcrJob.objects.filter(pk=job_id).update(status=job.status, worker=job.worker, claimed_at=now)
+        return job, resumed
+
+
+job_claim = sync_to_async(_claim_job)
+
+
+def outcome_from_page(page: OcrPage) -> PageOutcome:
+    """A stored page as the outcome the pipeline would have produced for it."""
+    return PageOutcome(
+        number=page.number,
+        status=page.status,
+        text=page.text,
+        prompt_tokens=page.prompt_tokens,
+        completion_tokens=page.completion_tokens,
+        estimated=page.usage_estimated,
+        finish_reason=page.finish_reason,
+        error_code=page.error_code,
+        error_message=page.error_message,
+        width=page.width,
+        height=page.height,
+        layout=page.layout,
+        started_at=page.started_at,
+        finished_at=page.finished_at,
+    )
+
+
+def _kept_pages(*, job_id: object) -> list[PageOutcome]:
+    """The pages of a job being resumed that are stored in their final state, as outcomes; the rows of pages that
+    were still running when the previous runner stopped are removed (their pages run again from the start)."""
+    OcrPage.objects.filter(job_id=job_id, status="running").delete()
+    return [outcome_from_page(page) for page in OcrPage.objects.filter(job_id=job_id).order_by("number")]
+
+
+kept_pages = sync_to_async(_kept_pages)
+
+
+def _fail_job(*, job_id: object, error_code: str, error_message: str) -> None:
+    """Close an open job that cannot run at all (its upload cannot be read): failed, with the reason."""
+    OcrJob.objects.filter(pk=job_id, status__in=JobStatus.open()).update(
+        status=JobStatus.FAILED, finished_at=timezone.now(), error_code=error_code, error_message=error_message
+    )
+
+
+job_fail = sync_to_async(_fail_job)
+
+
+def _request_cancel(*, job_id: object) -> str | None:
+    """Record that the owner cancelled the job; a queued job is closed at once. Returns the job's status after,
+    or ``None`` if it was not open. A running job's runner is told through the channel layer as well
+    (``ocr.live.request_cancel``); the recorded request covers a runner that subscribes only after it."""
+    now = timezone.now()
+    with transaction.atomic():
+        closed = OcrJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+            status=JobStatus.CANCELLED,
+            cancel_requested_at=now,
+            finished_at=now,
+            error_code="cancelled",
+            error_message="The job was cancelled: cancelled by its owner.",
+        )
+        if closed:
+            return JobStatus.CANCELLED
+        updated = OcrJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(cancel_requested_at=now)
+        return JobStatus.RUNNING if updated else None
+
+
+job_request_cancel = sync_to_async(_request_cancel)
+
+
+def _cancel_requested(*, job_id: object) -> bool:
+    return OcrJob.objects.filter(pk=job_id, cancel_requested_at__isnull=False).exists()
+
+
+cancel_requested = sync_to_async(_cancel_requested)
+
+
+def _retry_failed_pages(*, job_id: object) -> int:
+    """Queue a finished job again to re-run its failed pages (its other pages are kept). Returns how many pages
+    will run again; 0 leaves the job as it was."""
+    with transaction.atomic():
+        job = OcrJob.objects.select_for_update().filter(pk=job_id, deleted_at__isnull=True).first()
+        if job is None or job.status not in JobStatus.terminal() or not job.upload:
+            return 0
+        stored = dict(OcrPage.objects.filter(job_id=job_id).values_list("number", "status"))
+        final = {number for number, status in stored.items() if status in ("done", "truncated")}
+        again = job.page_count - len(final)
+        if again == 0:
+            return 0
+        OcrPage.objects.filter(job_id=job_id).exclude(number__in=final).delete()
+        # The event log starts again: its runner replays the kept pages after a new ``start``.
+        OcrJobEvents.objects.filter(job_id=job_id).delete()
+        OcrJob.objects.filter(pk=job_id).update(
+            live_seq=0,
+            status=JobStatus.QUEUED,
+            detached=True,
+            worker="",
+            cancel_requested_at=None,
+            finished_at=None,
+            error_code="",
+            error_message="",
+        )
+        return again
+
+
+job_retry_failed_pages = sync_to_async(_retry_failed_pages)
+
+
 def _abandon_job(*, job_id: object, error_code: str, error_message: str) -> None:
     """Close a job that never started streaming (its client left before the first frame)."""
     OcrJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
@@ -225,8 +372,9 @@ def _abandon_job(*, job_id: object, error_code: str, error_message: str) -> None
 job_abandon = _abandon_job
 
 
-def _store_live_pages(*, job_id: object, seq: int, texts: dict[int, str]) -> None:
-    """Store the partial text of a live job's running pages, complete up to event ``seq``.
+def _store_live_pages(*, job_id: object, seq: int, texts: dict[int, str], frames: list[dict] | None = None) -> None:
+    """Store the partial text of a live job's running pages, complete up to event ``seq``, and the ``frames``
+    published since the last store (the job's event log, ``OcrJobEvents``).
 
     Only rows still ``running`` are written: the pipeline's own record of a finished page always wins, whichever
     write comes first (a missing row is inserted with ``ignore_conflicts``; the update is conditional).
@@ -242,6 +390,10 @@ def _store_live_pages(*, job_id: object, seq: int, texts: dict[int, str]) -> Non
                 OcrPage.objects.filter(job_id=job_id, number=number, status="running").update(
                     text=text, text_seq=seq, completion_chars=len(text)
                 )
+        if frames:
+            OcrJobEvents.objects.create(
+                job_id=job_id, first_seq=frames[0]["seq"], last_seq=frames[-1]["seq"], frames=frames
+            )
         OcrJob.objects.filter(pk=job_id, live_seq__lt=seq).update(live_seq=seq)
 
 
@@ -329,3 +481,12 @@ def jobs_interrupt(*, job_ids: list[object]) -> int:
                 error_message=INTERRUPTED_MESSAGE,
             )
     return closed
+
+
+def jobs_requeue(*, worker_id: str, job_ids: list[object]) -> int:
+    """Hand the detached jobs of a process that is gone on to the next runner: ``queued`` again, keeping the pages
+    they stored (``ocr/workers.py`` decides which process is gone). Only jobs still held by ``worker_id`` move, so
+    a runner that already took one over keeps it. Returns the number of jobs requeued."""
+    return OcrJob.objects.filter(pk__in=job_ids, status=JobStatus.RUNNING, worker=worker_id).update(
+        status=JobStatus.QUEUED, worker=""
+    )

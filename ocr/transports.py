@@ -90,6 +90,23 @@ def encode_ndjson(batch: Iterable[Event], kind: str) -> bytes:
     return b"\n".join(lines)
 
 
+def encode_ndjson_frames(batch: Iterable[Event], kind: str) -> bytes:
+    """Like ``encode_ndjson`` for frames that carry their ``seq`` (a job's event log): one line per frame, never
+    merged, each keeping its ``seq`` so that a client can resume after any of them."""
+    lines = []
+    for event in batch:
+        frame = ndjson_frame(event, kind)
+        if frame is None:
+            continue
+        if "seq" in event and "seq" not in frame:
+            frame = {**frame, "seq": event["seq"]}
+        lines.append(orjson.dumps(frame))
+    if not lines:
+        return b""
+    lines.append(b"")
+    return b"\n".join(lines)
+
+
 async def ndjson_stream(batches: AsyncIterator[list[Event]], kind: str) -> AsyncIterator[bytes]:
     # Closing explicitly: an abandoned inner generator would only be finalised by the garbage collector,
     # leaving the job's engine requests running after the client left.
@@ -98,6 +115,14 @@ async def ndjson_stream(batches: AsyncIterator[list[Event]], kind: str) -> Async
             chunk = encode_ndjson(batch, kind)
             if chunk:
                 yield chunk
+
+
+async def ndjson_frames_stream(batches: AsyncIterator[list[Event]], kind: str) -> AsyncIterator[bytes]:
+    """``ndjson_stream`` for logged frames (``encode_ndjson_frames``); an empty batch becomes an empty line, the
+    keep-alive that also notices a client gone."""
+    async with aclosing(batches) as stream:
+        async for batch in stream:
+            yield encode_ndjson_frames(batch, kind) or b"\n"
 
 
 def sse_event(data: str, *, event: str = "update", event_id: int | None = None) -> bytes:

@@ -45,9 +45,9 @@ from ocr.errors import OcrError
 from ocr.exports import export_job
 from ocr.forms import PRESETS, UploadForm
 from ocr.fragments import LiveRenderer, page_view, usage_view
-from ocr.live import follow_job, request_cancel, start_live_job
+from ocr.jobs import cancel_job, submit_job
+from ocr.live import follow_job
 from ocr.models import JobSource, OcrJob
-from ocr.pipeline import prepare_job
 from ocr.services import job_delete
 from ocr.transports import sse_event
 
@@ -91,6 +91,7 @@ def intake_message(error: OcrError) -> str:
         "empty_pdf": _("The PDF has no pages."),
         "too_many_pages": _("The PDF has more pages than allowed (%(limit)s).") % {"limit": ocr_config().max_pdf_pages},
         "engine_not_configured": _("No OCR engine is configured on this server."),
+        "queue_unavailable": _("The job queue is not available right now; nothing was kept. Try again in a moment."),
     }
     return str(known.get(error.code, error.message))
 
@@ -141,7 +142,7 @@ async def job_new(request: HttpRequest) -> HttpResponse:
     upload = intake.Upload(data=data, file_name=intake.clean_file_name(uploaded.name))
     kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
     try:
-        run = await prepare_job(
+        job = await submit_job(
             owner=request.owner, upload=upload, kind=kind, source=JobSource.WEB, prompt=form.cleaned_data["prompt"]
         )
     except LimitExceeded as error:
@@ -153,8 +154,6 @@ async def job_new(request: HttpRequest) -> HttpResponse:
     except OcrError as error:
         form.add_error("file", intake_message(error))
         return await _upload_refused(request, form, status=error.status)
-    job = run.job
-    start_live_job(run)
     return redirect("ocr:job", job_id=job.pk, permanent=False)
 
 
@@ -288,7 +287,7 @@ def _last_event_id(request: HttpRequest) -> int | None:
 async def job_cancel(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     job = await _aowned_job(request, job_id)
     if not job.is_finished:
-        await request_cancel(job.pk)
+        await cancel_job(job)
         await sync_to_async(messages.info)(request, _("Cancelling the job…"))
     return redirect("ocr:job", job_id=job.pk)
 

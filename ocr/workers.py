@@ -6,8 +6,9 @@ would show them running, and they would count against their owner's running-jobs
 runs jobs records itself in ``Worker`` (``host``, ``pid``, the kernel boot and pid namespace it runs in, its start
 time) and refreshes ``heartbeat_at`` every ``OCR_WORKER_HEARTBEAT_SECONDS``; a thread does it, with one query.
 
-A job's worker is gone, and the job is marked ``interrupted`` with the usage it recorded so far
-(``ocr.services.jobs_interrupt``), when:
+A job's worker is gone, and the job is handed on (a detached job, ``ocr/jobs.py``: ``queued`` again, its stored
+pages kept, ``ocr.services.jobs_requeue``) or marked ``interrupted`` with the usage it recorded so far (a streaming
+request's job, whose client went with the process: ``ocr.services.jobs_interrupt``), when:
 
 1. it is this process's own id but the job is older than this process: a previous process with the same host name
    and pid (a restarted container) ran it;
@@ -36,10 +37,11 @@ from pathlib import Path
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.db.models import Min
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from ocr.models import JobStatus, OcrJob, Worker
-from ocr.services import WORKER_ID, jobs_interrupt
+from ocr.services import WORKER_ID, jobs_interrupt, jobs_requeue
 
 logger = logging.getLogger(__name__)
 
@@ -159,14 +161,15 @@ def dead_before(worker_id: str, row: Worker | None, this: Me, now: datetime) -> 
 
 
 def recover_interrupted_jobs(now: datetime | None = None) -> int:
-    """Mark the running jobs of processes that are gone as interrupted; returns how many."""
+    """Requeue the detached jobs of processes that are gone and mark their other running jobs interrupted;
+    returns how many jobs moved."""
     now = now or timezone.now()
     this = me()
     oldest = dict(
         OcrJob.objects.filter(status=JobStatus.RUNNING)
         .order_by()
         .values("worker")
-        .annotate(oldest=Min("created_at"))
+        .annotate(oldest=Min(Coalesce("claimed_at", "created_at")))
         .values_list("worker", "oldest")
     )
     if not oldest:
@@ -177,15 +180,21 @@ def recover_interrupted_jobs(now: datetime | None = None) -> int:
         cutoff = dead_before(worker_id, rows.get(worker_id), this, now)
         if cutoff is None or oldest_job >= cutoff:
             continue
-        job_ids = list(
-            OcrJob.objects.filter(status=JobStatus.RUNNING, worker=worker_id, created_at__lt=cutoff).values_list(
-                "pk", flat=True
-            )
+        # When the process took the job: a queue worker takes over jobs created before it started.
+        jobs = OcrJob.objects.annotate(taken=Coalesce("claimed_at", "created_at")).filter(
+            status=JobStatus.RUNNING, worker=worker_id, taken__lt=cutoff
         )
-        count = jobs_interrupt(job_ids=job_ids)
+        # A detached job with its upload kept runs on with the next runner; a streaming request's job died with
+        # its client's connection.
+        resumable = list(jobs.filter(detached=True).exclude(upload="").values_list("pk", flat=True))
+        others = list(jobs.exclude(pk__in=resumable).values_list("pk", flat=True))
+        requeued = jobs_requeue(worker_id=worker_id, job_ids=resumable) if resumable else 0
+        count = jobs_interrupt(job_ids=others) if others else 0
         if count:
             logger.warning("marked %d job(s) of worker %s interrupted: the process is gone", count, worker_id)
-        closed += count
+        if requeued:
+            logger.warning("requeued %d job(s) of worker %s: the process is gone", requeued, worker_id)
+        closed += count + requeued
     return closed
 
 
@@ -221,6 +230,9 @@ def _run() -> None:
         try:
             heartbeat()
             recovered_jobs = recover_interrupted_jobs()
+            from ocr.jobs import wake_orphans  # the job lifecycle imports the pipeline, which imports this
+
+            wake_orphans()
             if not recovered.is_set():
                 forget_old_workers()
                 logger.info("worker %s: heartbeat every %s s, %d job(s) recovered", WORKER_ID, interval, recovered_jobs)

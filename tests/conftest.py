@@ -16,6 +16,8 @@ from django.test import AsyncClient
 from accounts.tokens import token_create
 from testing.fake_vllm import FakeVllm
 
+from .contract import streamed_text
+
 PASSWORD = "correct horse battery staple"
 
 
@@ -193,4 +195,4 @@ def page_text(frames: list[dict[str, Any]], page: int) -> str:
 
 
 def image_text(frames: list[dict[str, Any]]) -> str:
-    return "".join(frame["delta"] for frame in frames if frame["type"] == "delta")
+    return streamed_text(frames)

@@ -58,3 +58,13 @@ def assert_contract(frames: list[dict[str, Any]], kind: str) -> dict[str, Any]:
             assert kind_ == "error", f"unexpected frame {kind_}"
     assert started == ended, "every page_start gets exactly one page_end"
     return end
+
+
+def streamed_text(frames: list[dict[str, Any]], page: int | None = None) -> str:
+    """The text a client shows after ``frames``: the deltas of ``page`` (an image's ``delta`` frames when
+    ``None``), where a delta with ``reset`` replaces what came before it."""
+    text = ""
+    for frame in frames:
+        if (page is None and frame["type"] == "delta") or (frame["type"] == "page_delta" and frame["page"] == page):
+            text = frame["delta"] if frame.get("reset") else text + frame["delta"]
+    return text

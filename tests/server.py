@@ -92,3 +92,56 @@ class AppServer:
         response = httpx.post(f"{self.url}/api/auth/token", data={"username": username, "password": password})
         assert response.status_code == 200, response.text
         return response.json()["access_token"]
+
+
+class WorkerProcess:
+    """``manage.py ocr_worker`` in a subprocess, with the environment of the servers it works for."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = dict(env)
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "ocr_worker", "--stop-timeout", "5"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while f"OCR worker {self.process.pid}:" not in self.log():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker not ready after {timeout} s:\n{self.log()}")
+            time.sleep(0.05)  # polling for readiness, bounded by the deadline
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def id(self) -> str:
+        """How the ledger names this process (``OcrJob.worker``)."""
+        return f"{socket.gethostname()}:{self.pid}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)

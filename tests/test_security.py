@@ -149,6 +149,12 @@ def api_owned(principal: str, response: Any) -> bool:
     return response.status_code == expected.get(principal, 200)
 
 
+def api_owned_ended(principal: str, response: Any) -> bool:
+    # The job has ended: its owner is told it cannot be cancelled or retried (409); nobody else learns it exists.
+    expected = {"anonymous": 401, "revoked": 401, "expired": 401, "other": 404, "staff": 404}
+    return response.status_code == expected.get(principal, 409)
+
+
 def api_upload(principal: str, response: Any) -> bool:
     # The upload is not an image: a caller that got past authentication is told so (415).
     return response.status_code == (401 if principal in ("anonymous", "revoked", "expired") else 415)
@@ -201,6 +207,13 @@ ENDPOINTS: dict[str, Endpoint] = {
     "api:ocr-image": Endpoint("POST", api_upload, data=upload),
     "api:ocr-pdf": Endpoint("POST", api_upload, data=upload),
     "api:job-detail": Endpoint("GET", api_owned, job_id),
+    "api:jobs": Endpoint("POST", api_upload, data=upload),
+    "api:job-events": Endpoint("GET", api_owned, job_id),
+    "api:job-cancel": Endpoint("POST", api_owned_ended, job_id),
+    "api:job-retry": Endpoint("POST", api_owned_ended, job_id),
+    "api:job-result-md": Endpoint("GET", api_owned, job_id),
+    "api:job-result-txt": Endpoint("GET", api_owned, job_id),
+    "api:job-result-json": Endpoint("GET", api_owned, job_id),
     "api:register": Endpoint("POST", public, data=lambda world: {"username": "", "password": ""}),
     "api:token": Endpoint("POST", public, data=lambda world: {"username": "alice", "password": PASSWORD}),
     "api:me": Endpoint("GET", api_user),
@@ -289,7 +302,7 @@ async def test_the_api_never_accepts_the_session_cookie(world):
     client = AsyncClient()
     await client.aforce_login(world.alice)
     for name, endpoint in ENDPOINTS.items():
-        if endpoint.expect in (api_user, api_owned, api_upload):
+        if endpoint.expect in (api_user, api_owned, api_owned_ended, api_upload):
             route = next(route for url_name, route, _ in url_patterns() if url_name == name)
             response = await call(
                 client, endpoint.method, fill(route, endpoint.kwargs(world)), {}, endpoint.data(world)

@@ -99,7 +99,9 @@ class SseStream:
     def completion(self) -> Completion:
         """How the page ended; raises ``EngineError`` for a stream that broke off or ended abnormally."""
         if not self.done or self.finish_reason is None:
-            raise EngineError("The engine closed the stream before finishing the page.", code=ENGINE_ERROR)
+            raise EngineError(
+                "The engine closed the stream before finishing the page.", code=ENGINE_ERROR, transient=True
+            )
         if self.finish_reason not in ("stop", "length"):
             raise EngineError(f"The engine ended the page with '{self.finish_reason}'.", code=ENGINE_ERROR)
         if self.usage is not None:
@@ -261,7 +263,9 @@ class VllmEngine(Engine):
         except openai.APIError as exc:
             raise _engine_error(exc) from None
         except (httpx2.HTTPError, OSError) as exc:
-            raise EngineError(f"The connection to the engine broke: {_cause(exc)}", code=ENGINE_ERROR) from None
+            raise EngineError(
+                f"The connection to the engine broke: {_cause(exc)}", code=ENGINE_ERROR, transient=True
+            ) from None
         return stream.completion()
 
     async def warm_up(self) -> None:
@@ -284,9 +288,9 @@ class VllmEngine(Engine):
 def _engine_error(exc: openai.APIError) -> EngineError:
     # aiohttp's "connection refused" reaches us mapped to a connect *timeout*: look at the real cause.
     if isinstance(exc, openai.APITimeoutError) and not _caused_by(exc, aiohttp.ClientConnectorError):
-        return EngineError("Connecting to the engine timed out.", code=ENGINE_TIMEOUT)
+        return EngineError("Connecting to the engine timed out.", code=ENGINE_TIMEOUT, transient=True)
     if isinstance(exc, openai.APIConnectionError):
-        return EngineError(f"The engine is not reachable: {_cause(exc)}", code=ENGINE_UNAVAILABLE)
+        return EngineError(f"The engine is not reachable: {_cause(exc)}", code=ENGINE_UNAVAILABLE, transient=True)
     if isinstance(exc, openai.APIStatusError):
         return _status_error(exc)
     return EngineError(f"The engine failed: {exc}", code=ENGINE_ERROR)
@@ -300,7 +304,7 @@ def _status_error(exc: openai.APIStatusError) -> EngineError:
             f"The engine refused our credentials (check LLM_API_KEY): HTTP {status}.", code=ENGINE_UNAVAILABLE
         )
     if status in (429, 502, 503, 504):
-        return EngineError(message, code=ENGINE_UNAVAILABLE)
+        return EngineError(message, code=ENGINE_UNAVAILABLE, transient=True)
     if 400 <= status < 500:
         return EngineError(message, code=ENGINE_BAD_REQUEST)
     return EngineError(message, code=ENGINE_ERROR)

@@ -1,0 +1,242 @@
+"""Detached jobs: the ones that outlive the request that submitted them (browser uploads, the job API).
+
+Life of a detached job, the same with or without a task queue:
+
+1. ``submit_job`` validates the upload, records the job with its file kept in ``STORAGES`` and hands it to a
+   runner. With ``OCR_QUEUE_URL`` the job is recorded ``queued`` and one message is sent to the task queue
+   (``ocr/queue.py``); a worker process on any machine takes it. Without a queue, the web process that received
+   the upload runs it at once, in the background (``ocr.live.start_live_job``).
+2. ``run_detached_job`` is the runner's side: take the job (``ocr.services.job_claim``), read its upload back,
+   and run the pipeline over the pages not stored yet, publishing its events live (``ocr/live.py``).
+3. A runner that dies hands the job on: the queue redelivers its unacknowledged message, and recovery
+   (``ocr/workers.py``) puts the job back to ``queued``; without a queue, the next server process to start resumes
+   it (``wake_orphans``). Pages already stored are kept and not sent to the engine again.
+4. The pipeline closes the job (status and usage from its pages) as it does for a streaming request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+import uuid
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import AbstractBaseUser
+from django.utils import timezone
+
+from ocr import engines, intake, metrics, queue
+from ocr.config import ocr_config
+from ocr.errors import QueueUnavailable
+from ocr.live import LiveJob, logged_summary, request_cancel, start_live_job
+from ocr.models import JobStatus, OcrJob
+from ocr.pipeline import JobRun, prepare_job
+from ocr.services import (
+    job_claim,
+    job_create,
+    job_discard,
+    job_fail,
+    job_request_cancel,
+    job_retry_failed_pages,
+    kept_pages,
+)
+
+logger = logging.getLogger(__name__)
+
+#: A resumed job's first sequence number is this far past its stored one (see ``ocr.live.LiveJob``): a runner
+#: publishes at most a few dozen batches a second, so its predecessor cannot have got this far unseen.
+RESUME_SEQ_GAP = 1_000_000_000
+
+
+async def submit_job(*, owner: AbstractBaseUser, upload: intake.Upload, kind: str, source: str, prompt: str) -> OcrJob:
+    """Validate and record a detached job and hand it to a runner; returns the job (``queued`` or ``running``).
+
+    Raises before anything is kept: ``IntakeError``, ``EngineNotConfigured``, ``LimitExceeded``, and
+    ``QueueUnavailable`` when the broker does not take the job.
+    """
+    if not queue.enabled():
+        run = await prepare_job(owner=owner, upload=upload, kind=kind, source=source, prompt=prompt, detached=True)
+        start_live_job(run)
+        metrics.queue_event("submitted")
+        return run.job
+    config = ocr_config()
+    engine = engines.get_engine()
+    document = await intake.open_upload(upload, expected_kind=kind, config=config)
+    await document.aclose()
+    job = await job_create(
+        owner=owner,
+        kind=kind,
+        source=source,
+        file_name=upload.file_name,
+        content_type=document.content_type,
+        data=upload.data,
+        prompt=prompt,
+        engine=engine.name,
+        model=engine.model,
+        page_count=document.page_count,
+        keep_upload=True,  # the worker reads it back, maybe on another machine
+        enforce_limits=True,
+        status=JobStatus.QUEUED,
+        detached=True,
+    )
+    await dispatch(job.pk, discard_on_failure=True)
+    metrics.queue_event("submitted")
+    return job
+
+
+async def dispatch(job_id: uuid.UUID, *, discard_on_failure: bool = False) -> None:
+    """Hand a queued job to a runner: a message on the queue, or this process without one."""
+    if not queue.enabled():
+        await resume_orphans()
+        return
+    try:
+        await sync_to_async(queue.enqueue, thread_sensitive=False)(job_id)
+    except Exception as exc:
+        logger.warning("the task queue did not take job %s: %s", job_id, exc)
+        metrics.queue_event("refused")
+        if discard_on_failure:
+            await job_discard(job_id=job_id)
+        raise QueueUnavailable(
+            "The job queue is not available right now; nothing was kept. Try again in a moment.", code=None
+        ) from exc
+
+
+async def cancel_job(job: OcrJob) -> str | None:
+    """Cancel a job for its owner: a queued one ends at once; a running one's runner is told, in whatever process
+    it runs, and stops its engine requests. Returns the job's status after, or ``None`` if it had ended."""
+    status = await job_request_cancel(job_id=job.pk)
+    if status == JobStatus.RUNNING:
+        await request_cancel(job.pk)
+    return status
+
+
+async def retry_failed_pages(job: OcrJob) -> int:
+    """Run the failed (and cut off, cancelled or never run) pages of a finished job again; returns how many."""
+    pages = await job_retry_failed_pages(job_id=job.pk)
+    if pages:
+        await dispatch(job.pk)
+    return pages
+
+
+async def run_detached_job(job_id: uuid.UUID | str) -> None:
+    """Run a detached job to its end in this process (a queue worker, or the web process without a queue)."""
+    job_id = uuid.UUID(str(job_id))
+    job, resumed = await job_claim(job_id=job_id)
+    if job is None:
+        return  # ended, deleted or cancelled meanwhile: a duplicate delivery is harmless
+    metrics.queue_event("resumed" if resumed else "started")
+    if not resumed:
+        metrics.OCR_QUEUE_WAIT.observe(max(0.0, (timezone.now() - job.created_at).total_seconds()))
+    run = await _open_run(job, resumed=resumed)
+    if run is None:
+        return
+    live = LiveJob(run, seq=job.live_seq + RESUME_SEQ_GAP if resumed else 0)
+    metrics.OCR_QUEUE_RUNNING.inc()
+    task = asyncio.current_task()
+    live.task = task
+    try:
+        await live.main()
+    except asyncio.CancelledError:
+        if not live.cancel_requested or task is None:
+            raise
+        task.uncancel()  # its owner cancelled it: the job is closed, this runner's work is done
+    finally:
+        metrics.OCR_QUEUE_RUNNING.dec()
+        metrics.queue_event("finished")
+
+
+async def _open_run(job: OcrJob, *, resumed: bool) -> JobRun | None:
+    """The pipeline run of a claimed job, or ``None`` (the job is closed as failed) when its upload is gone or
+    unreadable."""
+    config = ocr_config()
+    try:
+        engine = engines.get_engine()
+        data = await sync_to_async(_read_upload, thread_sensitive=False)(job)
+        document = await intake.open_upload(
+            intake.Upload(data=data, file_name=job.file_name), expected_kind=job.kind, config=config
+        )
+    except Exception as exc:
+        logger.warning("job %s cannot run: its upload cannot be read (%s)", job.pk, exc)
+        await job_fail(
+            job_id=job.pk,
+            error_code="upload_unreadable",
+            error_message="The uploaded file could not be read back from storage; nothing was run.",
+        )
+        return None
+    kept = await kept_pages(job_id=job.pk) if resumed else []
+    logged = await logged_summary(job.pk) if resumed else None
+    return JobRun(
+        job=job,
+        document=document,
+        engine=engine,
+        prompt=job.prompt,
+        page_concurrency=config.page_concurrency,
+        kept=kept,
+        logged=logged,
+    )
+
+
+def _read_upload(job: OcrJob) -> bytes:
+    if not job.upload:
+        raise FileNotFoundError("no stored upload")
+    with job.upload.open("rb") as stored:
+        return stored.read()
+
+
+# --- Without a queue: the web process resumes what was handed on ---------------------------------------------
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def serve_orphans(loop: asyncio.AbstractEventLoop) -> None:
+    """Record the server's event loop (at its first request) and resume the jobs waiting for a runner."""
+    global _loop
+    with _loop_lock:
+        if _loop is not None or queue.enabled():
+            return
+        _loop = loop
+    loop.create_task(resume_orphans(), name="ocr-resume-orphans", context=contextvars.Context())
+
+
+def wake_orphans() -> None:
+    """From any thread (the heartbeat's, after recovery): resume waiting jobs on the server's event loop."""
+    loop = _loop
+    if loop is not None and not loop.is_closed():
+        asyncio.run_coroutine_threadsafe(resume_orphans(), loop)
+
+
+_resuming: set[uuid.UUID] = set()
+
+
+async def resume_orphans() -> None:
+    """Without a queue, start every queued detached job in this process (claiming is atomic: with several web
+    processes each job runs in one)."""
+    job_ids = await sync_to_async(_queued_jobs)()
+    for job_id in job_ids:
+        if job_id in _resuming:
+            continue
+        _resuming.add(job_id)
+        task = asyncio.get_running_loop().create_task(
+            run_detached_job(job_id), name=f"ocr-resume-{job_id}", context=contextvars.Context()
+        )
+        task.add_done_callback(lambda _task, job_id=job_id: _resuming.discard(job_id))
+        _keep.add(task)
+        task.add_done_callback(_keep.discard)
+
+
+_keep: set[asyncio.Task[None]] = set()
+
+
+def _queued_jobs() -> list[uuid.UUID]:
+    return list(
+        OcrJob.objects.filter(status=JobStatus.QUEUED, detached=True, deleted_at__isnull=True)
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:1000]
+    )
+
+
+def queue_depth() -> int:
+    """Detached jobs waiting for a runner now (for the metrics endpoint)."""
+    return OcrJob.objects.filter(status=JobStatus.QUEUED, deleted_at__isnull=True).count()
