@@ -12,4 +12,5 @@ urlpatterns = [
     path("password/done/", views.PasswordChangeDoneView.as_view(), name="password-change-done"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke", views.token_revoke_view, name="token-revoke"),
+    path("tokens/webhook-secret/rotate", views.webhook_rotate, name="webhook-rotate"),
 ]

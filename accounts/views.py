@@ -25,6 +25,7 @@ from accounts.forms import RegisterForm, TokenCreateForm
 from accounts.models import ApiToken
 from accounts.services import user_register
 from accounts.tokens import token_create, token_revoke
+from ocr import webhooks
 
 
 class LoginView(auth_views.LoginView):
@@ -146,8 +147,19 @@ def tokens(request: HttpRequest) -> HttpResponse:
         "created": created,
         "tokens": ApiToken.objects.filter(user=request.owner).order_by("-created_at"),
         "api_url": request.build_absolute_uri(reverse("api:ocr-image")),
+        "webhook_secret": webhooks.secret_for(request.owner),
+        "signature_header": webhooks.SIGNATURE_HEADER,
     }
     return render(request, "accounts/tokens.html", context, status=status)
+
+
+@require_POST
+@page_owner_required
+def webhook_rotate(request: HttpRequest) -> HttpResponse:
+    """Replace the owner's webhook secret; the tokens page shows the new one."""
+    webhooks.rotate_secret(request.owner)
+    messages.success(request, _("Your webhook secret was replaced: webhooks from now on are signed with the new one."))
+    return redirect("accounts:tokens")
 
 
 @require_POST

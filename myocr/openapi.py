@@ -250,7 +250,9 @@ def schemas() -> dict[str, Any]:
                     {
                         "pages_detail": {"type": "array", "items": ref("StoredPage")},
                         "text": {"type": "string", "description": "The pages' text joined by blank lines."},
-                    }
+                        "webhook": nullable(ref("WebhookState")),
+                    },
+                    required=["pages_detail", "text"],
                 ),
             ],
             "description": "A stored job with every page's text.",
@@ -433,8 +435,32 @@ def job_api_schemas() -> dict[str, Any]:
                     "description": "One or more files (`file` repeated), each an image or a PDF: one job each.",
                 },
                 "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+                "callback_url": {
+                    "type": "string",
+                    "maxLength": 2000,
+                    "description": (
+                        "An http(s) URL that gets each job's JSON when it ends, signed (see `/api/users/me/webhook`); "
+                        "loopback, private and link-local addresses are refused (`invalid_callback_url`)."
+                    ),
+                },
             },
             required=["file"],
+        ),
+        "WebhookSecret": obj(
+            {
+                "secret": {"type": "string"},
+                "signature_header": {"type": "string", "description": "`t=<unix time>,v1=<hex HMAC-SHA256>`."},
+            },
+            description="The key of your webhooks' signatures: HMAC-SHA256 over `<t>.<raw body>`.",
+        ),
+        "WebhookState": obj(
+            {
+                "url": {"type": "string"},
+                "state": {"enum": ["pending", "delivered", "failed"]},
+                "attempts": COUNT,
+                "last_status_code": nullable(COUNT),
+            },
+            description="How the job's latest webhook went.",
         ),
         "QueuedJob": obj(
             {
@@ -530,6 +556,22 @@ def job_api_paths() -> dict[str, Any]:
                     "409": error(409, "The job has not ended (`job_not_finished`): cancel it first."),
                 },
             },
+        },
+        "/api/users/me/webhook": {
+            "get": {
+                "operationId": "my_webhook",
+                "tags": ["jobs"],
+                "summary": "The secret your webhooks are signed with",
+                "responses": {**json_ok(ref("WebhookSecret"), "The secret."), **errors(401)},
+            }
+        },
+        "/api/users/me/webhook/rotate": {
+            "post": {
+                "operationId": "my_webhook_rotate",
+                "tags": ["jobs"],
+                "summary": "Replace your webhook secret",
+                "responses": {**json_ok(ref("WebhookSecret"), "The new secret."), **errors(401)},
+            }
         },
         "/api/jobs/{job_id}/events": {
             "get": {

@@ -347,6 +347,14 @@ OCR_WORKER_JOBS = env_int("OCR_WORKER_JOBS", 2, minimum=1, maximum=256)
 OCR_ENGINE_RETRIES = env_int("OCR_ENGINE_RETRIES", 2, minimum=0, maximum=10)
 OCR_ENGINE_RETRY_SECONDS = env_float("OCR_ENGINE_RETRY_SECONDS", 1.0, minimum=0.0)
 
+# --- Webhooks (ocr/webhooks.py) ---
+#: Allow callback URLs on loopback, private and link-local addresses (a receiver on the same network; tests).
+OCR_WEBHOOK_ALLOW_PRIVATE = env_bool("OCR_WEBHOOK_ALLOW_PRIVATE", False)
+OCR_WEBHOOK_TIMEOUT_SECONDS = env_float("OCR_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+#: A failed attempt is tried again after this, doubling each time (at most an hour), up to the maximum attempts.
+OCR_WEBHOOK_RETRY_SECONDS = env_float("OCR_WEBHOOK_RETRY_SECONDS", 10.0, minimum=0.0)
+OCR_WEBHOOK_MAX_ATTEMPTS = env_int("OCR_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1, maximum=50)
+
 #: The Content-Security-Policy of every response. The pages use no inline script or style, no eval and no
 #: third-party origin: page previews are ``data:`` images, and the API docs' assets are vendored.
 CONTENT_SECURITY_POLICY = env_str(

@@ -25,6 +25,8 @@ api_patterns = [
     path("users/me", accounts_api.me, name="me"),
     path("users/me/usage", accounts_api.my_usage, name="my-usage"),
     path("users/me/usage/summary", accounts_api.my_usage_summary, name="my-usage-summary"),
+    path("users/me/webhook", ocr_api.my_webhook, name="my-webhook"),
+    path("users/me/webhook/rotate", ocr_api.my_webhook_rotate, name="my-webhook-rotate"),
     path("openapi.json", openapi.openapi_json, name="openapi"),
     path("docs", openapi.api_docs, name="docs"),
 ]

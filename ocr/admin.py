@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from ocr.models import OcrJob, OcrPage
+from ocr.models import OcrJob, OcrPage, WebhookAttempt, WebhookDelivery
 
 USAGE_FIELDS = (
     "prompt_tokens",
@@ -165,6 +165,32 @@ class OcrPageAdmin(admin.ModelAdmin):
     list_select_related = ("job",)
     search_fields = ("=job__id", "job__file_name", "job__owner__username", "error_code")
     readonly_fields = tuple(field.name for field in OcrPage._meta.fields)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    readonly_fields = ("at", "status_code", "error", "duration_ms")
+    fields = readonly_fields
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    """Every webhook sent and each of its attempts: the operators' answer to "did my callback arrive?"."""
+
+    list_display = ("job", "url", "state", "attempts", "last_status_code", "created_at", "delivered_at")
+    list_filter = ("state", "created_at")
+    list_select_related = ("job",)
+    search_fields = ("=job__id", "url", "job__owner__username")
+    readonly_fields = tuple(field.name for field in WebhookDelivery._meta.fields)
+    inlines = [WebhookAttemptInline]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

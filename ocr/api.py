@@ -12,7 +12,7 @@ from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 
 from myocr.http import ApiError, api_endpoint
-from ocr import intake, metrics
+from ocr import intake, metrics, webhooks
 from ocr.config import ocr_config
 from ocr.errors import IntakeError
 from ocr.exports import export_job
@@ -160,11 +160,9 @@ async def read_batch(request: HttpRequest) -> tuple[list[intake.Upload], str]:
 async def _submit_jobs(request: HttpRequest) -> HttpResponse:
     uploads, raw_prompt = await read_batch(request)
     prompt = clean_prompt(raw_prompt)
-    if "callback_url" in request.POST:
-        raise ApiError(
-            "Webhooks (callback_url) are not available on this server yet; poll the job or follow its events.",
-            code="invalid_callback_url",
-        )
+    callback_url = request.POST.get("callback_url", "")
+    if callback_url:
+        callback_url = await sync_to_async(webhooks.validate_callback_url, thread_sensitive=False)(callback_url)
     config = ocr_config()
     kinds: list[str] = []
     # Every file is checked before anything is kept: one bad file refuses the whole batch, naming it.
@@ -179,7 +177,14 @@ async def _submit_jobs(request: HttpRequest) -> HttpResponse:
         kinds.append(kind)
     entries = []
     for upload, kind in zip(uploads, kinds, strict=True):
-        job = await submit_job(owner=request.user, upload=upload, kind=kind, source=JobSource.API, prompt=prompt)
+        job = await submit_job(
+            owner=request.user,
+            upload=upload,
+            kind=kind,
+            source=JobSource.API,
+            prompt=prompt,
+            callback_url=callback_url,
+        )
         entries.append(
             {
                 "job_id": str(job.pk),
@@ -242,7 +247,8 @@ async def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
         await sync_to_async(job_delete)(job=job)
         return HttpResponse(status=204)
     data: dict[str, Any] = await ajob_detail(job)
-    return _json({**data, **job_links(job.pk)})
+    webhook = await sync_to_async(webhooks.delivery_summary)(job.pk) if job.callback_url else None
+    return _json({**data, "webhook": webhook, **job_links(job.pk)})
 
 
 @api_endpoint(methods=("POST",))
@@ -281,6 +287,20 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponse:
     response["X-Accel-Buffering"] = "no"
     response["X-Job-Id"] = str(job.pk)
     return response
+
+
+@api_endpoint(methods=("GET",))
+async def my_webhook(request: HttpRequest) -> HttpResponse:
+    """The key your webhooks are signed with."""
+    secret = await sync_to_async(webhooks.secret_for)(request.user)
+    return _json({"secret": secret, "signature_header": webhooks.SIGNATURE_HEADER})
+
+
+@api_endpoint(methods=("POST",))
+async def my_webhook_rotate(request: HttpRequest) -> HttpResponse:
+    """Replace the key: webhooks from now on are signed with the new one."""
+    secret = await sync_to_async(webhooks.rotate_secret)(request.user)
+    return _json({"secret": secret, "signature_header": webhooks.SIGNATURE_HEADER})
 
 
 @api_endpoint(methods=("GET",))

@@ -41,6 +41,7 @@ from ocr.services import (
     job_retry_failed_pages,
     kept_pages,
 )
+from ocr.webhooks import deliver_in_background, job_ended, overdue_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +50,31 @@ logger = logging.getLogger(__name__)
 RESUME_SEQ_GAP = 1_000_000_000
 
 
-async def submit_job(*, owner: AbstractBaseUser, upload: intake.Upload, kind: str, source: str, prompt: str) -> OcrJob:
+async def submit_job(
+    *,
+    owner: AbstractBaseUser,
+    upload: intake.Upload,
+    kind: str,
+    source: str,
+    prompt: str,
+    callback_url: str = "",
+) -> OcrJob:
     """Validate and record a detached job and hand it to a runner; returns the job (``queued`` or ``running``).
 
     Raises before anything is kept: ``IntakeError``, ``EngineNotConfigured``, ``LimitExceeded``, and
     ``QueueUnavailable`` when the broker does not take the job.
     """
     if not queue.enabled():
-        run = await prepare_job(owner=owner, upload=upload, kind=kind, source=source, prompt=prompt, detached=True)
-        start_live_job(run)
+        run = await prepare_job(
+            owner=owner,
+            upload=upload,
+            kind=kind,
+            source=source,
+            prompt=prompt,
+            detached=True,
+            callback_url=callback_url,
+        )
+        start_live_job(run, on_end=job_ended)
         metrics.queue_event("submitted")
         return run.job
     config = ocr_config()
@@ -79,6 +96,7 @@ async def submit_job(*, owner: AbstractBaseUser, upload: intake.Upload, kind: st
         enforce_limits=True,
         status=JobStatus.QUEUED,
         detached=True,
+        callback_url=callback_url,
     )
     await dispatch(job.pk, discard_on_failure=True)
     metrics.queue_event("submitted")
@@ -108,6 +126,8 @@ async def cancel_job(job: OcrJob) -> str | None:
     status = await job_request_cancel(job_id=job.pk)
     if status == JobStatus.RUNNING:
         await request_cancel(job.pk)
+    elif status == JobStatus.CANCELLED:
+        await job_ended(job.pk)  # it never reached a runner
     return status
 
 
@@ -124,14 +144,16 @@ async def run_detached_job(job_id: uuid.UUID | str) -> None:
     job_id = uuid.UUID(str(job_id))
     job, resumed = await job_claim(job_id=job_id)
     if job is None:
-        return  # ended, deleted or cancelled meanwhile: a duplicate delivery is harmless
+        await job_ended(job_id)  # ended before (a duplicate delivery) or cancelled while it waited
+        return
     metrics.queue_event("resumed" if resumed else "started")
     if not resumed:
         metrics.OCR_QUEUE_WAIT.observe(max(0.0, (timezone.now() - job.created_at).total_seconds()))
     run = await _open_run(job, resumed=resumed)
     if run is None:
+        await job_ended(job_id)
         return
-    live = LiveJob(run, seq=job.live_seq + RESUME_SEQ_GAP if resumed else 0)
+    live = LiveJob(run, seq=job.live_seq + RESUME_SEQ_GAP if resumed else 0, on_end=job_ended)
     metrics.OCR_QUEUE_RUNNING.inc()
     task = asyncio.current_task()
     live.task = task
@@ -200,11 +222,26 @@ def serve_orphans(loop: asyncio.AbstractEventLoop) -> None:
     loop.create_task(resume_orphans(), name="ocr-resume-orphans", context=contextvars.Context())
 
 
+def serve_deliveries(loop: asyncio.AbstractEventLoop) -> None:
+    """A queue worker's event loop, where overdue webhook deliveries are picked up (``wake_orphans``)."""
+    global _loop
+    with _loop_lock:
+        _loop = loop
+
+
 def wake_orphans() -> None:
-    """From any thread (the heartbeat's, after recovery): resume waiting jobs on the server's event loop."""
+    """From any thread (the heartbeat's, after recovery), on this process's event loop: resume the jobs waiting
+    for a runner (without a queue) and pick up the webhook deliveries whose process went away."""
     loop = _loop
     if loop is not None and not loop.is_closed():
-        asyncio.run_coroutine_threadsafe(resume_orphans(), loop)
+        asyncio.run_coroutine_threadsafe(_wake(), loop)
+
+
+async def _wake() -> None:
+    if not queue.enabled():
+        await resume_orphans()
+    for delivery_id in await sync_to_async(overdue_deliveries)():
+        deliver_in_background(delivery_id)
 
 
 _resuming: set[uuid.UUID] = set()

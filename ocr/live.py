@@ -30,7 +30,7 @@ import contextlib
 import contextvars
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,9 +68,11 @@ def publish_interval() -> float:
 # --- Runner ---------------------------------------------------------------------------------------------------
 
 
-def start_live_job(run: JobRun, *, seq: int = 0) -> asyncio.Task[None]:
+def start_live_job(
+    run: JobRun, *, seq: int = 0, on_end: Callable[[uuid.UUID], Awaitable[None]] | None = None
+) -> asyncio.Task[None]:
     """Run ``run`` in the background of this process and return its task (kept referenced until it ends)."""
-    live = LiveJob(run, seq=seq)
+    live = LiveJob(run, seq=seq, on_end=on_end)
     # A fresh context: the task must not keep the request's thread-sensitive executor (closed when the request
     # ends) nor anything else of the request that started it.
     task = asyncio.get_running_loop().create_task(
@@ -102,8 +104,11 @@ class LiveJob:
     what its previous runner could have published (``ocr.jobs.RESUME_SEQ_GAP``), so its followers see a gap and
     catch up from the stored pages instead of skipping the new batches as already seen."""
 
-    def __init__(self, run: JobRun, *, seq: int = 0) -> None:
+    def __init__(
+        self, run: JobRun, *, seq: int = 0, on_end: Callable[[uuid.UUID], Awaitable[None]] | None = None
+    ) -> None:
         self.run = run
+        self._on_end = on_end
         self.job_id: uuid.UUID = run.job.pk
         self.task: asyncio.Task[None] | None = None
         self.seq = seq
@@ -269,6 +274,9 @@ class LiveJob:
             with contextlib.suppress(Exception):
                 await live_pages_store(job_id=self.job_id, seq=final_seq, texts={}, frames=[end])
             await self._publish({"type": "live.batch", "seq": final_seq, "first": final_seq, "events": [end]})
+        if self._on_end is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._on_end(self.job_id))
 
 
 # --- Feed -----------------------------------------------------------------------------------------------------

@@ -125,6 +125,9 @@ class OcrJob(ExportModelOperationsMixin("job"), UsageFields):
         ),
     )
     cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
+    callback_url = models.CharField(
+        _("callback URL"), max_length=2000, blank=True, help_text=_("Where the job's webhook goes when it ends.")
+    )
     claimed_at = models.DateTimeField(
         _("taken"), null=True, blank=True, help_text=_("When the process in “worker” took the job (detached jobs).")
     )
@@ -212,6 +215,73 @@ class OcrJobEvents(models.Model):
 
     def __str__(self) -> str:
         return f"events {self.first_seq}–{self.last_seq} of {self.job_id}"
+
+
+class WebhookSecret(models.Model):
+    """The key a user's webhooks are signed with (HMAC-SHA256). Kept as it is: the receiver needs the same."""
+
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_secret", verbose_name=_("owner")
+    )
+    secret = models.CharField(_("secret"), max_length=100)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    rotated_at = models.DateTimeField(_("rotated"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("webhook secret")
+        verbose_name_plural = _("webhook secrets")
+
+    def __str__(self) -> str:
+        return f"webhook secret of {self.owner_id}"
+
+
+class WebhookDelivery(models.Model):
+    """The webhook of one end of a job (a job retried later ends again: a new delivery), and how it went."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        DELIVERED = "delivered", _("Delivered")
+        FAILED = "failed", _("Failed")
+
+    job = models.ForeignKey(OcrJob, on_delete=models.CASCADE, related_name="webhooks", verbose_name=_("job"))
+    job_finished_at = models.DateTimeField(_("job ended"))
+    url = models.CharField(_("URL"), max_length=2000)
+    state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.PENDING, db_index=True)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt"), db_index=True)
+    last_status_code = models.PositiveIntegerField(_("last HTTP status"), null=True, blank=True)
+    last_error = models.CharField(_("last error"), max_length=500, blank=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    delivered_at = models.DateTimeField(_("delivered"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("webhook delivery")
+        verbose_name_plural = _("webhook deliveries")
+        constraints = [
+            models.UniqueConstraint(fields=["job", "job_finished_at"], name="webhookdelivery_one_per_job_end")
+        ]
+
+    def __str__(self) -> str:
+        return f"webhook of {self.job_id} ({self.state})"
+
+
+class WebhookAttempt(models.Model):
+    delivery = models.ForeignKey(
+        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log", verbose_name=_("delivery")
+    )
+    at = models.DateTimeField(_("at"), default=timezone.now)
+    status_code = models.PositiveIntegerField(_("HTTP status"), null=True, blank=True)
+    error = models.CharField(_("error"), max_length=500, blank=True)
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"), default=0)
+
+    class Meta:
+        ordering = ["delivery", "at"]
+        verbose_name = _("webhook attempt")
+        verbose_name_plural = _("webhook attempts")
+
+    def __str__(self) -> str:
+        return f"attempt at {self.at:%Y-%m-%d %H:%M:%S}: {self.status_code or self.error}"
 
 
 class Worker(models.Model):

@@ -55,6 +55,7 @@ async def prepare_job(
     prompt: str,
     enforce_limits: bool = True,
     detached: bool = False,
+    callback_url: str = "",
 ) -> JobRun:
     """The one way in for every door (API, browser, command): validate ``upload`` for ``kind``, record the job
     and return its run, ready to be consumed. A ``detached`` job outlives its request (``ocr/jobs.py``).
@@ -80,6 +81,7 @@ async def prepare_job(
             keep_upload=config.keep_uploads,
             enforce_limits=enforce_limits,
             detached=detached,
+            callback_url=callback_url,
         )
     except BaseException:
         await document.aclose()

@@ -90,6 +90,7 @@ def _create_job(
     enforce_limits: bool = False,
     status: str = JobStatus.RUNNING,
     detached: bool = False,
+    callback_url: str = "",
 ) -> OcrJob:
     """Create a job, running or ``queued`` (and keep its upload). With ``enforce_limits`` the owner's per-user
     limits are checked in the transaction that inserts it (``accounts.limits.admit_job``), which raises
@@ -111,6 +112,7 @@ def _create_job(
         worker=WORKER_ID if status == JobStatus.RUNNING else "",
         status=status,
         detached=detached,
+        callback_url=callback_url,
     )
     if keep_upload:
         # The name passed here is ignored by ``upload_path``: the client's file name never reaches the disk.

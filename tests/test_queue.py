@@ -20,6 +20,7 @@ from testing.documents import SAMPLES, make_numbered_pdf
 
 from .server import AppServer, WorkerProcess, free_port
 from .test_faults import wait_until
+from .test_webhooks import Receiver
 
 POSTGRES = "postgres://postgres@127.0.0.1:5432"
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -337,4 +338,32 @@ def test_the_redis_broker_runs_jobs_too(tmp_path, database, fake):
         assert_stream(frames, 5)
         assert frames[-1]["status"] == "done"
     finally:
+        cluster.close()
+
+
+def test_a_worker_sends_the_webhook_of_the_job_it_ran(tmp_path, database, fake):
+    fake.set_default(tokens=12, token_delay=0.01, first_token_delay=0.01)
+    receiver = Receiver([])
+    cluster = Cluster(tmp_path, database, fake, RABBITMQ, OCR_WEBHOOK_ALLOW_PRIVATE="true")
+    try:
+        server = cluster.server()
+        worker = cluster.worker()
+        token = server.register_and_login("yusuf")
+        response = httpx.post(
+            f"{server.url}/api/jobs",
+            headers=auth(token),
+            data={"callback_url": receiver.url},
+            files=[("file", ("w.pdf", make_numbered_pdf(2)))],
+        )
+        assert response.status_code == 202, response.text
+        job_id = response.json()["jobs"][0]["job_id"]
+        assert events(server, token, job_id)[-1]["status"] == "done"
+        wait_until(lambda: receiver.received, 30, "the webhook arrived")
+        [(_headers, body, status)] = receiver.received
+        assert status == 200 and json.loads(body)["job"]["id"] == job_id
+        assert cluster.rows("SELECT worker FROM ocr_ocrjob WHERE id = %s", job_id)[0][0] == worker.id
+        state = job(server, token, job_id)["webhook"]
+        assert state["state"] == "delivered" and state["attempts"] == 1
+    finally:
+        receiver.close()
         cluster.close()

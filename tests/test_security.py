@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from accounts.models import ApiToken, UserLimits
 from accounts.tokens import token_create
-from ocr.models import JobStatus, OcrJob
+from ocr.models import JobStatus, OcrJob, WebhookAttempt, WebhookDelivery
 from ocr.services import JobTotals, PageOutcome, _create_job, _finish_job, _record_page
 from testing.documents import SAMPLES, make_numbered_pdf
 
@@ -90,6 +90,10 @@ def build_world() -> World:
     world.token_to_revoke = token_create(user=alice, name="to revoke").token.pk
     UserLimits.objects.create(user=alice, daily_pages=100)
     Group.objects.create(name="operators")
+    delivery = WebhookDelivery.objects.create(
+        job=world.job, job_finished_at=timezone.now(), url="https://example.com/hook", next_attempt_at=timezone.now()
+    )
+    WebhookAttempt.objects.create(delivery=delivery, status_code=500, error="HTTP 500")
     return world
 
 
@@ -209,6 +213,8 @@ ENDPOINTS: dict[str, Endpoint] = {
     "api:job-detail": Endpoint("GET", api_owned, job_id),
     "api:jobs": Endpoint("POST", api_upload, data=upload),
     "api:job-events": Endpoint("GET", api_owned, job_id),
+    "api:my-webhook": Endpoint("GET", api_user),
+    "api:my-webhook-rotate": Endpoint("POST", api_user),
     "api:job-cancel": Endpoint("POST", api_owned_ended, job_id),
     "api:job-retry": Endpoint("POST", api_owned_ended, job_id),
     "api:job-result-md": Endpoint("GET", api_owned, job_id),
@@ -232,6 +238,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "accounts:password-change-done": Endpoint("GET", page_user),
     "accounts:tokens": Endpoint("GET", page_user),
     "accounts:token-revoke": Endpoint("POST", page_owned, lambda world: {"token_id": world.token_to_revoke}),
+    "accounts:webhook-rotate": Endpoint("POST", page_user),
     "set_language": Endpoint("POST", public, data=lambda world: {"language": "en", "next": "/"}),
     "ocr:home": Endpoint("GET", page_user),
     "ocr:job-new": Endpoint("POST", page_user),

@@ -64,6 +64,12 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
         worker.start()
+        from dramatiq.asyncio import get_event_loop_thread
+
+        from ocr.jobs import serve_deliveries
+
+        # Webhooks of jobs that ended here run on the same loop; recovery hands this loop overdue ones.
+        serve_deliveries(get_event_loop_thread().loop)
         self.stdout.write(f"OCR worker {os.getpid()}: {jobs} job(s) at once from {_redacted(settings.OCR_QUEUE_URL)}")
         self.stdout.flush()
         stop.wait()
