@@ -125,6 +125,12 @@ class OcrJob(ExportModelOperationsMixin("job"), UsageFields):
         ),
     )
     cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
+    upload_expired_at = models.DateTimeField(
+        _("upload deleted"),
+        null=True,
+        blank=True,
+        help_text=_("When the uploaded file was deleted after OCR_UPLOAD_RETENTION_DAYS (the text stays)."),
+    )
     callback_url = models.CharField(
         _("callback URL"), max_length=2000, blank=True, help_text=_("Where the job's webhook goes when it ends.")
     )

@@ -26,6 +26,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/events", views.job_events, name="job-events"),
     path("jobs/<uuid:job_id>/cancel", views.job_cancel, name="job-cancel"),
     path("jobs/<uuid:job_id>/delete", views.job_remove, name="job-delete"),
+    path("jobs/<uuid:job_id>/retry", views.job_retry, name="job-retry"),
     path("jobs/<uuid:job_id>/result.<download_format:fmt>", views.job_download, name="job-download"),
     path("jobs/<uuid:job_id>/pages/<int:number>/image", views.page_image, name="page-image"),
     path("usage/", views.usage, name="usage"),

@@ -45,7 +45,7 @@ from ocr.errors import OcrError
 from ocr.exports import export_job
 from ocr.forms import PRESETS, UploadForm
 from ocr.fragments import LiveRenderer, page_view, usage_view
-from ocr.jobs import cancel_job, submit_job
+from ocr.jobs import cancel_job, retry_failed_pages, submit_job
 from ocr.live import follow_job
 from ocr.models import JobSource, OcrJob
 from ocr.services import job_delete
@@ -289,6 +289,18 @@ async def job_cancel(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     if not job.is_finished:
         await cancel_job(job)
         await sync_to_async(messages.info)(request, _("Cancelling the job…"))
+    return redirect("ocr:job", job_id=job.pk)
+
+
+@require_POST
+@page_owner_required
+async def job_retry(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    """Run the failed, cut-off and cancelled pages of an ended job again, keeping the others."""
+    job = await _aowned_job(request, job_id)
+    if job.is_finished and job.upload:
+        pages = await retry_failed_pages(job)
+        if pages:
+            await sync_to_async(messages.info)(request, _("The pages that did not succeed are read again."))
     return redirect("ocr:job", job_id=job.pk)
 
 

@@ -230,9 +230,11 @@ def _run() -> None:
         try:
             heartbeat()
             recovered_jobs = recover_interrupted_jobs()
+            from ocr.housekeeping import run_due
             from ocr.jobs import wake_orphans  # the job lifecycle imports the pipeline, which imports this
 
             wake_orphans()
+            run_due()
             if not recovered.is_set():
                 forget_old_workers()
                 logger.info("worker %s: heartbeat every %s s, %d job(s) recovered", WORKER_ID, interval, recovered_jobs)

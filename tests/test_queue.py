@@ -367,3 +367,28 @@ def test_a_worker_sends_the_webhook_of_the_job_it_ran(tmp_path, database, fake):
     finally:
         receiver.close()
         cluster.close()
+
+
+def test_the_failed_pages_of_a_job_are_retried_on_their_own(cluster, fake):
+    server = cluster.server()
+    cluster.worker()
+    token = server.register_and_login("zora")
+    fake.set_default(fail_status=400)  # a refusal the engine does not retry: the pages fail at once
+    fake.push_script({"fail_status": None, "tokens": 12})
+    [entry] = submit(server, token, ("mixed.pdf", make_numbered_pdf(3)))
+    first = events(server, token, entry["job_id"])
+    assert first[-1]["status"] == "partial" and first[-1]["pages_failed"] == 2
+    [kept] = [frame["page"] for frame in first if frame["type"] == "page_end" and frame["status"] == "done"]
+    kept_text = job(server, token, entry["job_id"])["pages_detail"][kept - 1]["text"]
+    fake.reset()
+    fake.set_default(tokens=12, token_delay=0.01, first_token_delay=0.01)
+    response = httpx.post(f"{server.url}/api/jobs/{entry['job_id']}/retry", headers=auth(token))
+    assert response.status_code == 202 and response.json()["pages"] == 2
+    again = events(server, token, entry["job_id"])
+    assert_stream(again, 3)  # the kept page is told again, once, after a new start
+    assert again[-1]["status"] == "done"
+    assert len(fake.requests) == 2, "only the failed pages went to the engine"
+    assert_ledger_sums(cluster, entry["job_id"], 3)
+    assert job(server, token, entry["job_id"])["pages_detail"][kept - 1]["text"] == kept_text
+    refused = httpx.post(f"{server.url}/api/jobs/{entry['job_id']}/retry", headers=auth(token))
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "nothing_to_retry"

@@ -247,6 +247,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "ocr:job": Endpoint("GET", page_owned, job_id),
     "ocr:job-events": Endpoint("GET", page_owned, job_id),
     "ocr:job-cancel": Endpoint("POST", page_owned, job_id),
+    "ocr:job-retry": Endpoint("POST", page_owned, job_id),
     "ocr:job-delete": Endpoint("POST", page_owned, lambda world: {"job_id": world.doomed_job.pk}),
     "ocr:job-download": Endpoint("GET", page_owned, lambda world: {"job_id": world.job.pk, "fmt": "md"}),
     "ocr:page-image": Endpoint("GET", page_owned, lambda world: {"job_id": world.job.pk, "number": 1}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.files.base import ContentFile
@@ -441,3 +442,52 @@ def test_the_chinese_catalogue_is_compiled_and_complete():
     entries = source.split("\n\n")[1:]
     untranslated = [entry for entry in entries if 'msgstr ""' in entry and 'msgstr ""\n"' not in entry]
     assert untranslated == []
+
+
+def test_a_queued_job_page_says_it_waits_follows_its_stream_and_offers_cancel(alice, alice_client):
+    job = make_job(alice, status="queued", pages=0, detached=True)
+
+    content = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+
+    assert "Waiting for a worker" in content
+    assert f'sse-connect="/jobs/{job.pk}/events?since=0"' in content
+    assert f'action="/jobs/{job.pk}/cancel"' in content
+
+
+def test_cancelling_a_queued_job_ends_it_at_once(alice, alice_client):
+    job = make_job(alice, status="queued", pages=0, detached=True)
+
+    response = alice_client.post(f"/jobs/{job.pk}/cancel")
+
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert (job.status, job.error_code) == ("cancelled", "cancelled") and job.cancel_requested_at is not None
+
+
+def test_a_partial_job_page_offers_to_retry_its_failed_pages(alice, alice_client):
+    job = make_job(alice, status="partial", kind="pdf", data=make_numbered_pdf(3), pages=3, detached=True)
+    OcrJob.objects.filter(pk=job.pk).update(pages_done=1)
+
+    content = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+
+    assert f'action="/jobs/{job.pk}/retry"' in content
+    done = make_job(alice, kind="pdf", data=make_numbered_pdf(1), pages=1)
+    assert "/retry" not in alice_client.get(f"/jobs/{done.pk}/").content.decode(), "nothing to retry"
+
+
+def test_uploads_past_their_retention_are_deleted_and_the_job_page_says_so(alice, alice_client, settings):
+    settings.OCR_UPLOAD_RETENTION_DAYS = 30
+    old = make_job(alice, data=SAMPLES["short"].render(), finished_at=timezone.now() - timedelta(days=31))
+    recent = make_job(alice, data=SAMPLES["short"].render(), finished_at=timezone.now() - timedelta(days=29))
+    old_path = Path(old.upload.path)
+
+    from ocr.housekeeping import expire_uploads
+
+    assert expire_uploads() == 1
+    old.refresh_from_db()
+    recent.refresh_from_db()
+    assert not old.upload and old.upload_expired_at is not None and not old_path.exists()
+    assert recent.upload and Path(recent.upload.path).exists()
+    assert OcrPage.objects.filter(job=old).exists(), "the text stays"
+    assert "The uploaded file was deleted on" in alice_client.get(f"/jobs/{old.pk}/").content.decode()
+    assert expire_uploads() == 0
