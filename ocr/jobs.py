@@ -76,6 +76,8 @@ async def submit_job(
         )
         start_live_job(run, on_end=job_ended)
         metrics.queue_event("submitted")
+        metrics.queue_event("started")  # this process is its runner, at once
+        metrics.OCR_QUEUE_WAIT.observe(max(0.0, (timezone.now() - run.job.created_at).total_seconds()))
         return run.job
     config = ocr_config()
     engine = engines.get_engine()
@@ -154,7 +156,6 @@ async def run_detached_job(job_id: uuid.UUID | str) -> None:
         await job_ended(job_id)
         return
     live = LiveJob(run, seq=job.live_seq + RESUME_SEQ_GAP if resumed else 0, on_end=job_ended)
-    metrics.OCR_QUEUE_RUNNING.inc()
     task = asyncio.current_task()
     live.task = task
     try:
@@ -163,9 +164,6 @@ async def run_detached_job(job_id: uuid.UUID | str) -> None:
         if not live.cancel_requested or task is None:
             raise
         task.uncancel()  # its owner cancelled it: the job is closed, this runner's work is done
-    finally:
-        metrics.OCR_QUEUE_RUNNING.dec()
-        metrics.queue_event("finished")
 
 
 async def _open_run(job: OcrJob, *, resumed: bool) -> JobRun | None:
@@ -274,6 +272,8 @@ def _queued_jobs() -> list[uuid.UUID]:
     )
 
 
-def queue_depth() -> int:
-    """Detached jobs waiting for a runner now (for the metrics endpoint)."""
-    return OcrJob.objects.filter(status=JobStatus.QUEUED, deleted_at__isnull=True).count()
+def measure_queue() -> None:
+    """Set the queue-depth gauge from the ledger (each process's heartbeat: the gauge takes the max)."""
+    metrics.OCR_QUEUE_DEPTH.set(
+        OcrJob.objects.filter(status=JobStatus.QUEUED, detached=True, deleted_at__isnull=True).count()
+    )

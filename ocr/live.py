@@ -39,6 +39,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from ocr import metrics
 from ocr.models import JobStatus, OcrJob, OcrJobEvents, OcrPage, PageStatus
 from ocr.pipeline import Event, JobRun, Logged, page_end_event
 from ocr.services import cancel_requested, live_job_close, live_pages_store, outcome_from_page
@@ -138,6 +139,7 @@ class LiveJob:
         layer = self._layer
         control = None
         helpers: list[asyncio.Task[None]] = []
+        metrics.OCR_QUEUE_RUNNING.inc()
         try:
             control = await layer.new_channel()
             await layer.group_add(control_group(self.job_id), control)
@@ -274,6 +276,8 @@ class LiveJob:
             with contextlib.suppress(Exception):
                 await live_pages_store(job_id=self.job_id, seq=final_seq, texts={}, frames=[end])
             await self._publish({"type": "live.batch", "seq": final_seq, "first": final_seq, "events": [end]})
+        metrics.OCR_QUEUE_RUNNING.dec()
+        metrics.queue_event("finished")
         if self._on_end is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._on_end(self.job_id))

@@ -193,6 +193,9 @@ def recover_interrupted_jobs(now: datetime | None = None) -> int:
         if count:
             logger.warning("marked %d job(s) of worker %s interrupted: the process is gone", count, worker_id)
         if requeued:
+            from ocr import metrics
+
+            metrics.queue_event("requeued", requeued)
             logger.warning("requeued %d job(s) of worker %s: the process is gone", requeued, worker_id)
         closed += count + requeued
     return closed
@@ -231,10 +234,11 @@ def _run() -> None:
             heartbeat()
             recovered_jobs = recover_interrupted_jobs()
             from ocr.housekeeping import run_due
-            from ocr.jobs import wake_orphans  # the job lifecycle imports the pipeline, which imports this
+            from ocr.jobs import measure_queue, wake_orphans  # the job lifecycle imports the pipeline
 
             wake_orphans()
             run_due()
+            measure_queue()
             if not recovered.is_set():
                 forget_old_workers()
                 logger.info("worker %s: heartbeat every %s s, %d job(s) recovered", WORKER_ID, interval, recovered_jobs)

@@ -200,6 +200,7 @@ def loopback_prometheus_config(
     for job in config["scrape_configs"]:
         job.pop("scrape_interval", None)
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        job.pop("dns_sd_configs", None)  # the compose stack's queue workers
         authorization = job.get("authorization")
         if authorization and "credentials_file" in authorization:
             authorization["credentials_file"] = str(token_file)

@@ -93,7 +93,7 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
         copy.write_text(yaml.safe_dump(config))
         full = run(tool("promtool"), "check", "config", str(copy))
         assert full.returncode == 0, full.stdout + full.stderr
-        assert "SUCCESS: 9 rules found" in full.stdout
+        assert "SUCCESS: 10 rules found" in full.stdout
 
 
 def test_prometheus_scrapes_the_app_and_the_engine() -> None:
@@ -132,6 +132,7 @@ def test_every_alert_has_a_unit_test() -> None:
         "OcrPageLatencyHigh",
         "MyOcrApiLatencyHigh",
         "OcrPagesCutOff",
+        "OcrJobsNotTaken",
     }
     assert alerts <= fired, f"alerts never shown firing: {alerts - fired}"
 
@@ -320,6 +321,26 @@ def test_postgres_profile_adds_postgresql_and_redis() -> None:
     assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
+def test_queue_profile_adds_scalable_workers_with_their_broker() -> None:
+    services = compose_config("docker-compose.yml", env={"COMPOSE_PROFILES": "queue"})["services"]
+    assert {"worker", "rabbitmq", "postgres", "redis"} <= set(services)
+    worker = services["worker"]
+    assert worker["command"][:3] == ["python", "manage.py", "ocr_worker"] and "--metrics-port" in worker["command"]
+    assert "ports" not in worker and "container_name" not in worker, "replicas must not clash: --scale worker=N"
+    assert (
+        worker["environment"]["OCR_QUEUE_URL"].startswith("amqp://")
+        and "@rabbitmq:5672" in worker["environment"]["OCR_QUEUE_URL"]
+    )
+    assert worker["environment"]["DATABASE_URL"].startswith("postgres://")
+    assert {volume["target"] for volume in worker["volumes"]} == {"/app/_data"}, "the uploads the api keeps"
+    for needed in ("rabbitmq", "postgres", "redis"):
+        assert worker["depends_on"][needed]["condition"] == "service_healthy"
+    assert re.fullmatch(r"rabbitmq:\d+\.\d+\.\d+", services["rabbitmq"]["image"]), "the broker image is pinned"
+    prometheus = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    [api_job] = [job for job in prometheus["scrape_configs"] if job["job_name"] == "my-ocr-api"]
+    assert api_job["dns_sd_configs"] == [{"names": ["worker"], "type": "A", "port": 9100, "refresh_interval": "30s"}]
+
+
 def test_env_example_lists_every_setting() -> None:
     """.env.example and the README's tables name the same variables, and every variable compose uses."""
     example = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
@@ -503,6 +524,8 @@ def test_every_panel_of_every_dashboard_shows_data_from_a_live_prometheus(
             jobs += [pool.submit(ocr, app, user_token, "pdf", pdf, "doc.pdf") for _ in range(2)]
             for job in jobs:
                 assert job.result()[-1]["type"] == "end"
+            fake.push_script({"drop_after": 2})  # a dropped stream: retried (a transient failure)
+            assert detached_job(app, user_token, png)[-1]["status"] == "done"
             wait_for_scrapes(prometheus, time.time())
 
     finished = scrape_app(app)
@@ -524,6 +547,16 @@ def test_every_panel_of_every_dashboard_shows_data_from_a_live_prometheus(
     missing = [name for name in COMMUNITY_DJANGO_SERIES if not prometheus.query(f'{name}{{job="my-ocr-api"}}')]
     assert not missing, f"django-prometheus series missing: {missing}"
     assert prometheus.value('sum(django_http_exceptions_total_by_view_total{view="ocr:job"})') >= 3
+
+
+def detached_job(app: AppServer, token: str, data: bytes) -> list[dict[str, Any]]:
+    """A job through the job API (detached: it counts in the queue's metrics), followed to its end."""
+    headers = {"Authorization": f"Bearer {token}"}
+    submitted = httpx.post(f"{app.url}/api/jobs", files={"file": ("page.png", data)}, headers=headers, timeout=30)
+    assert submitted.status_code == 202, submitted.text
+    events_url = app.url + submitted.json()["jobs"][0]["events_url"]
+    body = httpx.get(events_url, headers=headers, timeout=60).content
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
 
 
 def sign_in_after_a_typo(app: AppServer, username: str) -> None:
@@ -562,7 +595,7 @@ def test_alert_rules_load_and_evaluate_in_prometheus(prometheus: Prometheus) -> 
     def evaluated() -> bool:
         groups = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
-        assert len(rules) == 9
+        assert len(rules) == 10
         assert all(rule["health"] == "ok" for rule in rules), [r for r in rules if r["health"] != "ok"]
         return all(rule.get("lastEvaluation", "").startswith("20") for rule in rules)
 

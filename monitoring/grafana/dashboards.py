@@ -297,6 +297,39 @@ def ocr_overview() -> dict[str, Any]:
             unit="s",
             width=12,
         ),
+        Row("Detached jobs and the task queue"),
+        Panel(
+            "Detached jobs by event",
+            [q(f"sum by (event) (rate(ocr_queue_jobs_total{{{API}}}[{RATE}]))", "{{event}}")],
+            unit="ops",
+            width=6,
+            description=(
+                "Browser uploads and POST /api/jobs: submitted, started by a runner, resumed after a runner died, "
+                "finished, refused by the broker."
+            ),
+        ),
+        Panel(
+            "Waiting for a runner / running",
+            [
+                q(f"max(ocr_queue_depth{{{API}}})", "waiting"),
+                q(f"sum(ocr_queue_running{{{API}}})", "running"),
+            ],
+            width=6,
+            description="Waiting: queued jobs in the ledger. Running: detached jobs in web and worker processes.",
+        ),
+        Panel(
+            "Wait for a runner",
+            quantiles("ocr_queue_wait_seconds", API, levels=(0.5, 0.95)),
+            unit="s",
+            width=6,
+        ),
+        Panel(
+            "Engine retries per second by code",
+            [q(f"sum by (code) (rate(ocr_engine_retries_total{{{API}}}[{RATE}]))", "{{code}}")],
+            unit="ops",
+            width=6,
+            description="Engine requests tried again after a transient failure (refused, 502/503/504, dropped).",
+        ),
         Row("Usage"),
         Panel(
             "Tokens per second",
