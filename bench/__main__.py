@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from bench import embedded, pdf_memory, pdf_pipeline, relay, startup
+from bench import queue as task_queue
 
 BENCHMARKS = [
     ("relay", relay.main, []),
@@ -20,6 +21,7 @@ BENCHMARKS = [
     ("pdf_memory", pdf_memory.main, ["--pages", "200"]),
     ("embedded", embedded.main, []),
     ("startup", startup.main, []),
+    ("queue", task_queue.main, []),
 ]
 
 
