@@ -249,12 +249,19 @@ OCR_ENGINE_SERVER_EJECTIONS = Counter(
 )
 
 
+_server_in_flight: dict[str, Gauge] = {}
+
+
 def engine_request_started(*, server: str) -> None:
-    OCR_ENGINE_SERVER_IN_FLIGHT.labels(server).inc()
+    # Bound once per server (the set is fixed by the configuration), as the children above.
+    gauge = _server_in_flight.get(server)
+    if gauge is None:
+        gauge = _server_in_flight[server] = OCR_ENGINE_SERVER_IN_FLIGHT.labels(server)
+    gauge.inc()
 
 
 def engine_request_finished(*, server: str, result: str) -> None:
-    OCR_ENGINE_SERVER_IN_FLIGHT.labels(server).dec()
+    _server_in_flight[server].dec()
     OCR_ENGINE_REQUESTS.labels(server, _known(result, ENGINE_RESULTS)).inc()
 
 
