@@ -7,6 +7,9 @@ logits-processor arguments in ``vllm_xargs`` and ``stream_options.include_usage`
 The request goes through the package's client (``post`` with a raw streaming response) and the stream is read as
 raw SSE bytes whose ``data:`` lines are parsed with orjson: building the package's typed chunk objects costs
 about 8× more CPU per token.
+
+``LLM_BASE_URL`` may name several servers; each request goes to the one ``ocr.engines.servers`` chooses, and how
+it ended (answered, failed transiently, timed out) is reported back so a failing server is left out for a while.
 """
 
 from __future__ import annotations
