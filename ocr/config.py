@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
@@ -44,6 +45,8 @@ class OcrConfig:
     max_prompt_chars: int = 4000
     engine_retries: int = 2
     engine_retry_seconds: float = 1.0
+    #: Every server of ``LLM_BASE_URL`` (comma-separated); ``llm_base_url`` is the first, or the only one.
+    llm_base_urls: tuple[str, ...] = ()
 
 
 def resolve_engine_name(choice: str, base_url: str) -> str:
@@ -53,9 +56,23 @@ def resolve_engine_name(choice: str, base_url: str) -> str:
     return choice
 
 
+def parse_base_urls(value: str) -> tuple[str, ...]:
+    """``LLM_BASE_URL`` as a list: one URL, or several separated by commas (blanks and repeats ignored)."""
+    urls: list[str] = []
+    for part in value.split(","):
+        url = part.strip()
+        if not url or url in urls:
+            continue
+        if not url.startswith(("http://", "https://")):
+            raise ImproperlyConfigured(f"LLM_BASE_URL: {url!r} is not an http(s) URL.")
+        urls.append(url)
+    return tuple(urls)
+
+
 @cache
 def ocr_config() -> OcrConfig:
-    engine = resolve_engine_name(settings.OCR_ENGINE, settings.LLM_BASE_URL)
+    base_urls = parse_base_urls(settings.LLM_BASE_URL or "")
+    engine = resolve_engine_name(settings.OCR_ENGINE, base_urls[0] if base_urls else "")
     cores = os.cpu_count() or 1
     local_threads = settings.OCR_LOCAL_THREADS or cores
     # vLLM schedules its own batch (256 sequences by default) and queues the rest; the limit only protects it
@@ -63,7 +80,8 @@ def ocr_config() -> OcrConfig:
     default_concurrency = local_threads if engine == "local" else 256
     return OcrConfig(
         engine=engine,
-        llm_base_url=settings.LLM_BASE_URL,
+        llm_base_url=base_urls[0] if base_urls else "",
+        llm_base_urls=base_urls,
         llm_api_key=settings.LLM_API_KEY or "EMPTY",
         llm_model=settings.LLM_MODEL,
         default_prompt=settings.LLM_PROMPT,

@@ -224,3 +224,48 @@ def engine_retried(*, code: str) -> None:
 
 def queue_event(event: str, count: int = 1) -> None:
     _queue_events[event].inc(count)
+
+
+# --- Engine servers (ocr/engines/servers.py) ---
+# ``server`` is the host:port of one of the configured LLM_BASE_URL entries: a fixed, small set per deployment.
+ENGINE_RESULTS = ("done", "cancelled", *ERROR_CODES)
+OCR_ENGINE_REQUESTS = Counter(
+    "ocr_engine_requests",
+    "Requests sent to the engine, by server (host:port) and result: done, cancelled or an error code. A page "
+    "retried on another server counts once on each.",
+    ["server", "result"],
+)
+OCR_ENGINE_SERVER_IN_FLIGHT = Gauge(
+    "ocr_engine_server_in_flight", "Engine requests in flight now, by server.", ["server"], multiprocess_mode="livesum"
+)
+OCR_ENGINE_SERVER_UP = Gauge(
+    "ocr_engine_server_up",
+    "1 while a server takes requests, 0 while it is left out after a failure (the lowest over processes).",
+    ["server"],
+    multiprocess_mode="livemin",
+)
+OCR_ENGINE_SERVER_EJECTIONS = Counter(
+    "ocr_engine_server_ejections", "Times a server was left out after a transient failure, by server.", ["server"]
+)
+
+
+_server_in_flight: dict[str, Gauge] = {}
+
+
+def engine_request_started(*, server: str) -> None:
+    # Bound once per server (the set is fixed by the configuration), as the children above.
+    gauge = _server_in_flight.get(server)
+    if gauge is None:
+        gauge = _server_in_flight[server] = OCR_ENGINE_SERVER_IN_FLIGHT.labels(server)
+    gauge.inc()
+
+
+def engine_request_finished(*, server: str, result: str) -> None:
+    _server_in_flight[server].dec()
+    OCR_ENGINE_REQUESTS.labels(server, _known(result, ENGINE_RESULTS)).inc()
+
+
+def engine_server_state(*, server: str, up: bool, ejected: bool = False) -> None:
+    OCR_ENGINE_SERVER_UP.labels(server).set(1 if up else 0)
+    if ejected:
+        OCR_ENGINE_SERVER_EJECTIONS.labels(server).inc()

@@ -302,7 +302,7 @@ class JobRun:
                         if not exc.transient or attempt >= self.engine_retries:
                             raise
                         # Unreachable, overloaded or dropped: wait and ask again; what it streamed is replaced.
-                        await asyncio.sleep(self.engine_retry_seconds * 2**attempt)
+                        await asyncio.sleep(engine.retry_delay(self.engine_retry_seconds * 2**attempt))
                         attempt += 1
                         retrying = True
                         metrics.engine_retried(code=exc.code)

@@ -86,6 +86,11 @@ class Engine(abc.ABC):
     async def recognise(self, page: PageImage, prompt: str, on_delta: DeltaCallback) -> Completion:
         """Recognise one page, calling ``on_delta`` (synchronously, never awaited) with each piece of text."""
 
+    def retry_delay(self, delay: float) -> float:
+        """How long to wait before asking again for a page that failed transiently, given the caller's backoff
+        ``delay``: an engine with another server to send it to needs no wait."""
+        return delay
+
     async def warm_up(self) -> None:  # noqa: B027 - optional hook
         """Load models or open connections ahead of the first request."""
 

@@ -7,6 +7,9 @@ logits-processor arguments in ``vllm_xargs`` and ``stream_options.include_usage`
 The request goes through the package's client (``post`` with a raw streaming response) and the stream is read as
 raw SSE bytes whose ``data:`` lines are parsed with orjson: building the package's typed chunk objects costs
 about 8× more CPU per token.
+
+``LLM_BASE_URL`` may name several servers; each request goes to the one ``ocr.engines.servers`` chooses, and how
+it ended (answered, failed transiently, timed out) is reported back so a failing server is left out for a while.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import orjson
 from ocr import pacing
 from ocr.config import OcrConfig
 from ocr.engines.base import Completion, DeltaCallback, Engine, PageImage
+from ocr.engines.servers import Server, ServerPool, Ticket
 from ocr.errors import (
     ENGINE_BAD_REQUEST,
     ENGINE_ERROR,
@@ -114,6 +118,20 @@ class SseStream:
         return Completion(finish_reason=self.finish_reason, completion_tokens=self.content_chunks, estimated=True)
 
 
+class _Clients:
+    """The OpenAI clients of one event loop, one per server (each connection pool belongs to that loop)."""
+
+    __slots__ = ("by_label",)
+
+    def __init__(self) -> None:
+        self.by_label: dict[str, openai.AsyncOpenAI] = {}
+
+    async def close(self) -> None:
+        clients, self.by_label = list(self.by_label.values()), {}
+        for client in clients:
+            await client.close()
+
+
 class VllmEngine(Engine):
     name = "openai"
     wants_pixels = False
@@ -122,14 +140,17 @@ class VllmEngine(Engine):
         super().__init__(concurrency=config.engine_concurrency)
         self.model = config.llm_model
         self.config = config
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
-            weakref.WeakKeyDictionary()
-        )
+        self.servers = ServerPool(config.llm_base_urls or (config.llm_base_url,))
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clients] = weakref.WeakKeyDictionary()
 
-    def client(self) -> openai.AsyncOpenAI:
-        """The OpenAI client for the running event loop (its connection pool belongs to that loop)."""
+    def client(self, server: Server | None = None) -> openai.AsyncOpenAI:
+        """The OpenAI client of ``server`` (the first one by default) for the running event loop."""
+        server = server or self.servers.servers[0]
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
+        clients = self._clients.get(loop)
+        if clients is None:
+            clients = self._clients[loop] = _Clients()
+        client = clients.by_label.get(server.label)
         if client is None:
             config = self.config
             # aiohttp's transport costs about a third of the CPU per streamed chunk of httpx's own.
@@ -141,14 +162,17 @@ class VllmEngine(Engine):
                     max_connections=self.concurrency + 8, max_keepalive_connections=self.concurrency + 8
                 ),
             )
-            client = openai.AsyncOpenAI(
-                base_url=config.llm_base_url,
+            client = clients.by_label[server.label] = openai.AsyncOpenAI(
+                base_url=server.url,
                 api_key=config.llm_api_key,
                 max_retries=0,
                 http_client=http_client,
             )
-            self._clients[loop] = client
         return client
+
+    def retry_delay(self, delay: float) -> float:
+        # The server that failed is left out now: if another one takes requests, retry there at once.
+        return 0.0 if len(self.servers.servers) > 1 and self.servers.has_available() else delay
 
     def request_body(self, page: PageImage, prompt: str) -> dict[str, Any]:
         """The JSON body of the chat-completion request for one page."""
@@ -179,15 +203,15 @@ class VllmEngine(Engine):
         return body
 
     @contextlib.asynccontextmanager
-    async def open_stream(self, payload: bytes) -> AsyncIterator[httpx2.Response]:
-        """POST ``payload`` to ``/chat/completions`` and yield the response before its body is read.
+    async def open_stream(self, payload: bytes, server: Server | None = None) -> AsyncIterator[httpx2.Response]:
+        """POST ``payload`` to ``server``'s ``/chat/completions`` and yield the response before its body is read.
 
         The package's generic ``post`` with ``httpx.Response`` as the result type: the client's auth, headers,
         base URL, connection pool and status-to-exception mapping, without ``chat.completions.create``'s
         coercion of every argument to its typed parameters and its own JSON encoding, which profiles of the
         relay benchmark showed among the largest costs of a request. The body is encoded once, with orjson.
         """
-        response = await self.client().post(
+        response = await self.client(server).post(
             "/chat/completions",
             cast_to=httpx2.Response,
             content=payload,
@@ -200,6 +224,32 @@ class VllmEngine(Engine):
             await response.aclose()
 
     async def recognise(self, page: PageImage, prompt: str, on_delta: DeltaCallback) -> Completion:
+        held: list[Ticket] = []  # the server request in flight (at most one), settled when it ends
+        try:
+            completion = await self._recognise(page, prompt, on_delta, held)
+        except EngineError as exc:
+            for ticket in held:
+                self._settle(ticket, exc)
+            raise
+        except BaseException as exc:
+            result = "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal_error"
+            for ticket in held:
+                self.servers.release(ticket, result=result)
+            raise
+        for ticket in held:
+            self.servers.release(ticket, result="done")
+        return completion
+
+    def _settle(self, ticket: Ticket, error: EngineError) -> None:
+        """Tell the pool how a request that failed with ``error`` ended, and release it."""
+        if error.transient:
+            self.servers.failed(ticket)
+        elif error.code != ENGINE_TIMEOUT:
+            # An HTTP error or an error in the stream: the server answered. A timeout says nothing either way.
+            self.servers.answered(ticket)
+        self.servers.release(ticket, result=error.code)
+
+    async def _recognise(self, page: PageImage, prompt: str, on_delta: DeltaCallback, held: list[Ticket]) -> Completion:
         config = self.config
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -213,8 +263,11 @@ class VllmEngine(Engine):
         try:
             async with asyncio.timeout_at(min(total_deadline, started + config.first_token_timeout)) as deadline:
                 while True:
+                    ticket = self.servers.acquire()
+                    held.append(ticket)
                     try:
-                        async with self.open_stream(payload) as response:
+                        async with self.open_stream(payload, ticket.server) as response:
+                            self.servers.answered(ticket)
                             socket_transport = _socket_transport(response)
                             rescheduled_at = read_at = loop.time()
                             async for data in response.aiter_raw():
@@ -244,9 +297,13 @@ class VllmEngine(Engine):
                         retryable = isinstance(exc, openai.APIConnectionError) or exc.status_code == 503
                         if stream.got_first or not retryable or attempt >= len(RETRY_DELAYS):
                             raise
-                        logger.info("engine not reachable (%s); retrying", exc)
+                        logger.info("engine server %s not reachable (%s); retrying", ticket.server.label, exc)
                         unavailable = exc
-                        await asyncio.sleep(RETRY_DELAYS[attempt])
+                        held.remove(ticket)
+                        self._settle(ticket, _engine_error(exc))
+                        # Nothing reached a GPU: another server that takes requests gets it at once.
+                        if not (len(self.servers.servers) > 1 and self.servers.has_available()):
+                            await asyncio.sleep(RETRY_DELAYS[attempt])
                         attempt += 1
         except TimeoutError:
             if unavailable is not None and not stream.got_first:
@@ -269,20 +326,21 @@ class VllmEngine(Engine):
         return stream.completion()
 
     async def warm_up(self) -> None:
-        """Open a connection and check the model is served; problems are logged, not raised."""
-        try:
-            models = await self.client().models.list()
-            served = [model.id for model in models.data]
-            if self.model not in served:
-                logger.warning("engine serves %s, not LLM_MODEL=%s", served, self.model)
-        except openai.APIError as exc:
-            logger.warning("engine at %s not ready yet: %s", self.config.llm_base_url, exc)
+        """Open a connection to each server and check the model is served; problems are logged, not raised."""
+        for server in self.servers.servers:
+            try:
+                models = await self.client(server).models.list()
+                served = [model.id for model in models.data]
+                if self.model not in served:
+                    logger.warning("engine server %s serves %s, not LLM_MODEL=%s", server.label, served, self.model)
+            except openai.APIError as exc:
+                logger.warning("engine server %s not ready yet: %s", server.label, exc)
 
     async def aclose(self) -> None:
-        """Close the client of the running event loop (before that loop ends)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()
+        """Close the clients of the running event loop (before that loop ends)."""
+        clients = self._clients.pop(asyncio.get_running_loop(), None)
+        if clients is not None:
+            await clients.close()
 
 
 def _engine_error(exc: openai.APIError) -> EngineError:
