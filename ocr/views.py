@@ -325,7 +325,7 @@ def job_download(request: HttpRequest, job_id: uuid.UUID, fmt: str) -> HttpRespo
         body = _joined(job, [(page.number, page_render.markdown) for page, page_render in rendered], markdown=True)
         content_type = "text/markdown; charset=utf-8"
     else:
-        body = _joined(job, [(page.number, page_render.markdown) for page, page_render in rendered], markdown=False)
+        body = _joined(job, [(page.number, page_render.plain) for page, page_render in rendered], markdown=False)
         content_type = "text/plain; charset=utf-8"
     response = HttpResponse(body, content_type=content_type)
     response["Content-Disposition"] = content_disposition_header(True, download_name(job.file_name, fmt))
