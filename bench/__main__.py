@@ -12,13 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench import embedded, pdf_memory, pdf_pipeline, relay, startup
+from bench import accuracy, embedded, pdf_memory, pdf_pipeline, relay, startup
 
 BENCHMARKS = [
     ("relay", relay.main, []),
     ("pdf_pipeline", pdf_pipeline.main, []),
     ("pdf_memory", pdf_memory.main, ["--pages", "200"]),
     ("embedded", embedded.main, []),
+    ("accuracy", accuracy.main, []),
     ("startup", startup.main, []),
 ]
 
