@@ -253,7 +253,7 @@ def plain_text(markdown: str) -> str:
                 lines[-1] += text
             else:
                 lines.append(text)
-    text = "\n".join(line.rstrip() for line in lines)
+    text = "\n".join(line.rstrip() for line in "\n".join(lines).split("\n"))
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
 
 

@@ -188,9 +188,19 @@ def frames_of(frames: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [frame for frame in frames if frame["type"] == kind]
 
 
+def _joined_deltas(deltas: list[dict[str, Any]]) -> str:
+    """The text the deltas add up to: a delta with ``"reset": true`` replaces the text so far."""
+    parts: list[str] = []
+    for frame in deltas:
+        if frame.get("reset"):
+            parts.clear()
+        parts.append(frame["delta"])
+    return "".join(parts)
+
+
 def page_text(frames: list[dict[str, Any]], page: int) -> str:
-    return "".join(frame["delta"] for frame in frames if frame["type"] == "page_delta" and frame["page"] == page)
+    return _joined_deltas([frame for frame in frames if frame["type"] == "page_delta" and frame["page"] == page])
 
 
 def image_text(frames: list[dict[str, Any]]) -> str:
-    return "".join(frame["delta"] for frame in frames if frame["type"] == "delta")
+    return _joined_deltas([frame for frame in frames if frame["type"] == "delta"])

@@ -42,7 +42,7 @@ LINE_PITCH_IN_HEIGHTS = 1.9
 BLOCK_GAP_IN_HEIGHTS = 3.0
 #: A heading is a short row at least this much taller than the page's body text.
 HEADING_RATIO = 1.3
-_BULLET = re.compile(r"^\s*[•·●▪◦‣∙*\-–]\s*")
+_BULLET = re.compile(r"^\s*(?:[•·●▪◦‣∙]\s*|[*\-–]\s+)")
 _ORDERED = re.compile(r"^\s*\(?\d{1,3}[.)]\s+")
 
 
@@ -287,6 +287,8 @@ def _escape_line(text: str) -> str:
     match = _MARKDOWN_START.match(text)
     if match:
         start = len(match.group(1))
+        if text[start].isdigit():  # "1999. A good year": escape the dot, a backslash before a digit is literal
+            start = start + len(match.group(2).rstrip()) - 1
         text = text[:start] + "\\" + text[start:]
     return text
 
@@ -360,7 +362,7 @@ def _paragraphs(rows: list[_Row], body: float) -> list[str]:
 
     for number, row in enumerate(rows):
         heading = row.height >= HEADING_RATIO * body and len(row.text) <= 120
-        bullet = _BULLET.match(row.text) and len(row.text) > 2
+        bullet = _BULLET.match(row.text) if len(row.text) > 2 else None
         ordered = _ORDERED.match(row.text)
         if heading:
             flush()
@@ -384,7 +386,8 @@ def _paragraphs(rows: list[_Row], body: float) -> list[str]:
             previous = current[-1]
             gap = row.y1 - previous.y1
             indented = row.x1 - left > 1.5 * body and previous.x1 - left <= 1.5 * body
-            if gap > 1.45 * pitch or indented or abs(row.height - previous.height) > 0.35 * body:
+            blank = row.y1 - previous.y2 > body  # a line's height of white: never one paragraph
+            if gap > 1.45 * pitch or blank or indented or abs(row.height - previous.height) > 0.35 * body:
                 flush()
         current.append(row)
     flush()
