@@ -41,7 +41,8 @@ LINE_PITCH_IN_HEIGHTS = 1.9
 #: A vertical gap wider than this many line heights ends a group of columns (a footer below them stands alone).
 BLOCK_GAP_IN_HEIGHTS = 3.0
 #: A heading is a short row at least this much taller than the page's body text.
-HEADING_RATIO = 1.3
+HEADING_RATIO = 1.2
+H1_RATIO = 1.6
 _BULLET = re.compile(r"^\s*(?:[•·●▪◦‣∙]\s*|[*\-–]\s+)")
 _ORDERED = re.compile(r"^\s*\(?\d{1,3}[.)]\s+")
 
@@ -361,12 +362,14 @@ def _paragraphs(rows: list[_Row], body: float) -> list[str]:
         current.clear()
 
     for number, row in enumerate(rows):
-        heading = row.height >= HEADING_RATIO * body and len(row.text) <= 120
+        # Detection boxes are padded by a constant, so a heading in twice the body's type is only about 1.5 to
+        # 1.7 times as tall; a sentence ending in a full stop is large print, not a heading.
+        heading = row.height >= HEADING_RATIO * body and len(row.text) <= 120 and row.text[-1] not in ".,;:。，；："
         bullet = _BULLET.match(row.text) if len(row.text) > 2 else None
         ordered = _ORDERED.match(row.text)
         if heading:
             flush()
-            level = 1 if row.height >= 1.8 * body else 2
+            level = 1 if row.height >= H1_RATIO * body else 2
             out.append("#" * level + " " + _escape_line(row.text))
             continue
         if bullet or ordered:
