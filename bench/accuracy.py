@@ -35,6 +35,8 @@ class Result:
     bare_seconds: float
     app_seconds: float
     first_text_seconds: float | None
+    #: With the app's default configuration (``make_engine(like_bare=False)``), the page read alone.
+    default_first_text_seconds: float | None = None
 
     @property
     def delta(self) -> float:
@@ -55,7 +57,9 @@ def page_pixels(page):  # -> PIL.Image.Image
         document.close()
 
 
-def make_engine():
+def make_engine(*, like_bare: bool = True):
+    """The app's embedded engine. ``like_bare``: one page at a time on one ONNX Runtime thread, exactly as the
+    bare baseline runs; otherwise the app's default configuration (a page read alone detects on every core)."""
     import django
 
     # Only the OCR settings are read; a development configuration needs no secrets.
@@ -65,8 +69,10 @@ def make_engine():
     from ocr.config import ocr_config
     from ocr.engines.local import LocalEngine
 
-    # One page at a time through one thread: the same single-threaded ONNX Runtime sessions as the bare reads.
-    return LocalEngine(replace(ocr_config(), engine="local", local_threads=1, engine_concurrency=1))
+    config = replace(ocr_config(), engine="local")
+    if like_bare:
+        config = replace(config, local_threads=1, engine_concurrency=1)
+    return LocalEngine(config)
 
 
 def read_bare(engine, image) -> tuple[str, float]:
@@ -98,17 +104,23 @@ async def read_app(engine, image, number: int = 1) -> tuple[str, float, float | 
     return "".join(text), time.perf_counter() - started, first[0] if first else None
 
 
-def run(*, fast: bool = False, names: set[str] | None = None, verbose: bool = False) -> list[Result]:
+def run(
+    *, fast: bool = False, names: set[str] | None = None, verbose: bool = False, latency: bool = False
+) -> list[Result]:
     from ocr.rendering import plain_text
     from testing.cer import cer
     from testing.documents import accuracy_set
 
     engine = make_engine()
+    default_engine = make_engine(like_bare=False) if latency else None
     pages = [page for page in accuracy_set(fast=fast) if not names or page.name in names]
     images = [page_pixels(page) for page in pages]
 
     async def main() -> list[Result]:
         await engine.warm_up()
+        if default_engine is not None:
+            await default_engine.warm_up()
+            await read_app(default_engine, images[0])
         read_bare(engine, images[0])
         results = []
         for number, (page, image) in enumerate(zip(pages, images, strict=True)):
@@ -120,6 +132,9 @@ def run(*, fast: bool = False, names: set[str] | None = None, verbose: bool = Fa
                 bare, bare_seconds = read_bare(engine, image)
                 markdown, app_seconds, first = await read_app(engine, image)
             app = plain_text(markdown)
+            default_first = None
+            if default_engine is not None:
+                _, _, default_first = await read_app(default_engine, image)
             if verbose:
                 print(f"--- {page.name}\n{markdown}\n", file=sys.stderr)
             results.append(
@@ -131,6 +146,7 @@ def run(*, fast: bool = False, names: set[str] | None = None, verbose: bool = Fa
                     bare_seconds,
                     app_seconds,
                     first,
+                    default_first,
                 )
             )
         return results
@@ -160,6 +176,7 @@ def report(results: list[Result]) -> None:
         len(upright) / sum(r.bare_seconds for r in upright)
     )
     firsts = [result.first_text_seconds for result in results if result.first_text_seconds is not None]
+    defaults = [r.default_first_text_seconds for r in results if r.default_first_text_seconds is not None]
     rows += [
         ("mean CER", f"bare {bare_mean:.2%}, app {app_mean:.2%} (app/bare {app_mean / max(bare_mean, 1e-9):.2f})"),
         ("worst file", f"{worst.name}: {100 * worst.delta:+.1f} points against bare (limit +1.0)"),
@@ -175,6 +192,14 @@ def report(results: list[Result]) -> None:
             else "–",
         ),
     ]
+    if defaults:
+        rows.append(
+            (
+                "first text, default",
+                f"median {statistics.median(defaults):.2f} s, max {max(defaults):.2f} s with the app's default "
+                "configuration (a page read alone detects on every core)",
+            )
+        )
     print_table(f"Embedded engine accuracy: {len(results)} pages, app vs bare RapidOCR, one page at a time", rows)
 
 
@@ -183,9 +208,12 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="the smaller set the tests use")
     parser.add_argument("--page", action="append", help="only this page (repeatable)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--no-latency", action="store_true", help="skip the first-text latency run in the default configuration"
+    )
     parser.add_argument("--verbose", action="store_true", help="print each page's Markdown to stderr")
     args = parser.parse_args()
-    results = run(fast=args.fast, names=set(args.page or ()), verbose=args.verbose)
+    results = run(fast=args.fast, names=set(args.page or ()), verbose=args.verbose, latency=not args.no_latency)
     report(results)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:

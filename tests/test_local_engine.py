@@ -61,7 +61,7 @@ async def test_an_upright_line_the_classifier_calls_upside_down_is_read_upright(
 
     pixels = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
     ocr = engine._rapidocr()
-    _, crops = local._detect(ocr, pixels)
+    _, crops = local._detect(ocr, ocr._load_det_model(), pixels)
     sure, _ = local._classify(ocr, crops)
     assert any(sure), "the premise: RapidOCR's classifier turns at least one upright line of this page round"
     bare, _ = read_bare(engine, image)

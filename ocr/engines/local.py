@@ -61,7 +61,11 @@ class LocalEngine(Engine):
         self._threads = ThreadPoolExecutor(max_workers=config.local_threads, thread_name_prefix="rapidocr")
         self._timeout = config.total_timeout
         self._ocr: Any = None
+        self._wide_ocr: Any = None
         self._build_lock = threading.Lock()
+        self._cores = max(1, min(config.local_threads, os.cpu_count() or 1))
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
 
     def _rapidocr(self) -> Any:
         if self._ocr is None:
@@ -71,6 +75,21 @@ class LocalEngine(Engine):
 
                     self._ocr = RapidOCR(params=RAPIDOCR_PARAMS)
         return self._ocr
+
+    def _detector(self, alone: bool) -> Any:
+        """The text detector for one page. Detection is what the first text of a page waits for, so a page
+        read alone detects with every core; pages read side by side keep one ONNX Runtime thread each (more
+        threads than cores then would slow both)."""
+        if not alone or self._cores < 2:
+            return self._rapidocr()._load_det_model()
+        if self._wide_ocr is None:
+            with self._build_lock:
+                if self._wide_ocr is None:
+                    from rapidocr import RapidOCR
+
+                    params = {**RAPIDOCR_PARAMS, "EngineConfig.onnxruntime.intra_op_num_threads": self._cores}
+                    self._wide_ocr = RapidOCR(params=params)
+        return self._wide_ocr._load_det_model()
 
     def read_lines(self, image: Image.Image) -> list[dict]:
         """Blocking: the page's lines in reading order, each ``{"text", "box", "score"}`` (box in pixels)."""
@@ -90,7 +109,19 @@ class LocalEngine(Engine):
         # RapidOCR expects OpenCV's BGR channel order for arrays.
         pixels = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
         ocr = self._rapidocr()
-        quads, crops = _detect(ocr, pixels)
+        with self._in_flight_lock:
+            self._in_flight += 1
+            alone = self._in_flight == 1
+        try:
+            return self._read(ocr, pixels, self._detector(alone), emit)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+
+    def _read(self, ocr: Any, pixels: Any, det: Any, emit: Callable[[str], bool] | None) -> PageReading:
+        import numpy as np
+
+        quads, crops = _detect(ocr, det, pixels)
         if not quads:
             return PageReading([], "", 0)
         flips, maybe = _classify(ocr, crops)
@@ -99,7 +130,7 @@ class LocalEngine(Engine):
             quarter = 2
         if quarter:
             pixels = np.ascontiguousarray(np.rot90(pixels, quarter))
-            quads, crops = _detect(ocr, pixels)
+            quads, crops = _detect(ocr, det, pixels)
             if not quads:
                 return PageReading([], "", quarter)
             flips, _ = _classify(ocr, crops)
@@ -200,7 +231,7 @@ class PageReading:
     streamed: str = ""
 
 
-def _detect(ocr: Any, pixels: Any) -> tuple[list[list[tuple[float, float]]], list[Any]]:
+def _detect(ocr: Any, det: Any, pixels: Any) -> tuple[list[list[tuple[float, float]]], list[Any]]:
     """RapidOCR's detection stage alone: the line quads in ``pixels`` coordinates and their upright crops.
 
     The stages are RapidOCR 3.10's own methods (pinned in pyproject.toml), called one by one so that the order
@@ -209,7 +240,6 @@ def _detect(ocr: Any, pixels: Any) -> tuple[list[list[tuple[float, float]]], lis
     from rapidocr.utils.process_img import map_boxes_to_original
 
     image, record = ocr.preprocess_img(pixels)
-    det = ocr._load_det_model()
     if ocr.cfg.Global.use_vertical_padding:
         from rapidocr.utils.process_img import apply_vertical_padding
 
