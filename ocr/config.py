@@ -42,6 +42,8 @@ class OcrConfig:
     warmup: bool
     keep_uploads: bool
     max_prompt_chars: int = 4000
+    #: "auto": a PDF page with a trusted text layer is read from it; "ocr": every page is OCRed.
+    pdf_text_layer: str = "auto"
 
 
 def resolve_engine_name(choice: str, base_url: str) -> str:
@@ -84,6 +86,7 @@ def ocr_config() -> OcrConfig:
         total_timeout=settings.OCR_ENGINE_TOTAL_TIMEOUT,
         warmup=settings.OCR_WARMUP,
         keep_uploads=settings.OCR_KEEP_UPLOADS,
+        pdf_text_layer=settings.OCR_PDF_TEXT_LAYER,
     )
 
 

@@ -96,3 +96,49 @@ async def test_an_empty_page_gives_no_text_and_no_error(engine):
     )
     assert calls == []
     assert completion.layout == []
+
+
+async def open_pdf_page(data: bytes, text_layer: str) -> PageImage:
+    from dataclasses import replace
+
+    from ocr import intake
+    from ocr.config import ocr_config
+
+    config = replace(ocr_config(), pdf_text_layer=text_layer)
+    document = await intake.open_upload(
+        intake.Upload(data=data, file_name="doc.pdf"), expected_kind="pdf", config=config
+    )
+    try:
+        return await document.page(1, pixels=True)
+    finally:
+        await document.aclose()
+
+
+async def test_a_born_digital_pdf_page_is_read_from_its_text_layer(engine):
+    sample = page("pdf_born_digital")
+    pdf_page = await open_pdf_page(sample.data, "auto")
+    assert pdf_page.text_layer
+    calls: list[str] = []
+    completion = await engine.recognise(pdf_page, "", lambda text, reset=False: calls.append(text))
+    assert completion.source == "text_layer"
+    assert len(calls) == 1
+    assert cer(plain_text(calls[0]), sample.truth) == 0.0
+    # The boxes are where the text is drawn: the title's box lies in the top sixth of the page.
+    title = next(item for item in completion.layout if item["text"] == "Notes on the Shipping Records")
+    assert 0 < title["box"][1] < title["box"][3] < 999 / 6
+
+
+async def test_ocr_is_forced_or_needed_when_the_text_layer_cannot_be_used():
+    born_digital = page("pdf_born_digital").data
+    assert (await open_pdf_page(born_digital, "ocr")).text_layer is None
+    # A scan: one page-sized image, no text.
+    assert (await open_pdf_page(page("pdf_scanned").data, "auto")).text_layer is None
+
+
+def test_a_garbage_text_layer_is_not_trusted():
+    from ocr.engines.textlayer import clean_share
+
+    assert clean_share("\ufffd\ufffd\ufffd ab") < 0.9
+    assert clean_share("\ue000\ue001\ue002\ue003 a") < 0.9
+    assert clean_share("Plain text, 中文。") == 1.0
+    assert clean_share("   ") == 0.0
