@@ -216,20 +216,51 @@ def _cut(boxes: list[Box], unit: float, blocks: list[Block]) -> None:
         group = list(bands[index])
         end = index + 1
         # Grow the group while the bands still share an empty vertical strip: a line that crosses every gutter
-        # (a title, a full-width paragraph) ends it.
-        while (
-            end < len(bands)
-            and _top(bands[end]) - _bottom(bands[end - 1]) <= BLOCK_GAP_IN_HEIGHTS * unit
-            and _gutters([*group, *bands[end]], min_gap)
-        ):
+        # (a title, a full-width paragraph) ends it, and so does a band that has more gutters of its own than
+        # it shares with the group (a table's first row under a title that covers some of its gutters).
+        while end < len(bands) and _top(bands[end]) - _bottom(bands[end - 1]) <= BLOCK_GAP_IN_HEIGHTS * unit:
+            shared = _gutters([*group, *bands[end]], min_gap)
+            if not shared or len(shared) < len(_gutters(bands[end], min_gap)):
+                break
             group.extend(bands[end])
             end += 1
         _read_group(group, bands[index:end], unit, min_gap, blocks)
         index = end
 
 
+def _sticks_out(box: Box, rest: list[Box], unit: float, min_gap: float) -> bool:
+    """Whether a lone box above or below a grid reaches out of the grid's column it stands in (a caption, a
+    centred subtitle) rather than being a cell of that column."""
+    gutters = _gutters(rest, min_gap)
+    if not gutters:
+        return True
+    parts = [part for part in _split_at(rest, gutters) if part]
+    part = max(parts, key=lambda p: min(box.x2, max(b.x2 for b in p)) - max(box.x1, min(b.x1 for b in p)))
+    return box.x1 < min(b.x1 for b in part) - unit or box.x2 > max(b.x2 for b in part) + unit
+
+
+def _text_rows(bands: list[list[Box]], blocks: list[Block]) -> None:
+    if not blocks or blocks[-1].kind != "text":
+        blocks.append(Block("text"))
+    for band in bands:
+        blocks[-1].rows.append([box.index for box in sorted(band, key=lambda box: box.x1)])
+
+
 def _read_group(group: list[Box], bands: list[list[Box]], unit: float, min_gap: float, blocks: list[Block]) -> None:
     gutters = _gutters(group, min_gap) if len(bands) > 1 else []
+    if gutters and len(bands) > 2:
+        # A lone line at the top or bottom of a grid that does not fit its columns is text beside the grid.
+        for edge in (0, -1):
+            if len(bands[edge]) == 1:
+                rest = [box for band in (bands[1:] if edge == 0 else bands[:-1]) for box in band]
+                if _sticks_out(bands[edge][0], rest, unit, min_gap):
+                    inner = bands[1:] if edge == 0 else bands[:-1]
+                    if edge == 0:
+                        _text_rows(bands[:1], blocks)
+                    _read_group(rest, inner, unit, min_gap, blocks)
+                    if edge == -1:
+                        _text_rows(bands[-1:], blocks)
+                    return
     if gutters:
         parts = _split_at(group, gutters)
         # Cut only at gutters with prose on both sides: a table's or a form's columns are read row by row.
@@ -252,10 +283,7 @@ def _read_group(group: list[Box], bands: list[list[Box]], unit: float, min_gap: 
             )
         )
         return
-    if not blocks or blocks[-1].kind != "text":
-        blocks.append(Block("text"))
-    for band in bands:
-        blocks[-1].rows.append([box.index for box in sorted(band, key=lambda box: box.x1)])
+    _text_rows(bands, blocks)
 
 
 # ---------------------------------------------------------------------------------------------- structure
@@ -310,7 +338,8 @@ class _Row:
 def to_markdown(layout: Layout, texts: Sequence[str]) -> str:
     """The page as Markdown: ``texts[i]`` is the recognised text of input line ``i`` (empty: dropped)."""
     boxes = {box.index: box for box in layout.boxes}
-    heights = [boxes[i].height for block in layout.blocks if block.kind == "text" for row in block.rows for i in row]
+    # The body's line height over the whole page, table cells included: a title above a table is a heading.
+    heights = [boxes[i].height for block in layout.blocks for row in block.rows for i in row if texts[i].strip()]
     body = statistics.median(heights) if heights else 1.0
     parts: list[str] = []
     for block in layout.blocks:
