@@ -81,6 +81,32 @@ def test_a_table_is_read_row_by_row_and_written_as_a_markdown_table():
     assert "<td>Lamp oil</td>" in html
 
 
+def test_a_title_over_a_table_is_a_heading_and_not_a_row_of_it():
+    # The title is long enough to cover the gutter between the first two columns, but not the others.
+    quads, texts = [quad(70, 40, 480, 40)], ["Stock levels at the end of March"]
+    for row, values in enumerate([["Item", "Shelf", "Count"], ["Lamp oil", "A3", "42"], ["Rope", "B1", "17"]]):
+        for x, value in zip((90, 400, 650), values, strict=True):
+            quads.append(quad(x, 150 + 70 * row, 20 + 14 * len(value)))
+            texts.append(value)
+    markdown = to_markdown(analyse(quads), texts)
+    assert markdown.splitlines()[:4] == [
+        "## Stock levels at the end of March",
+        "",
+        "| Item | Shelf | Count |",
+        "|---|---|---|",
+    ]
+
+
+def test_a_centred_line_over_a_receipt_stays_text():
+    quads = [quad(200, 90, 240, 28)]
+    texts = ["12 Mill Lane, Riverside"]
+    for row, (name, price) in enumerate([("Bread", "2.40"), ("Milk 2 L", "1.85"), ("Coffee beans", "7.95")]):
+        quads += [quad(60, 170 + 60 * row, 14 * len(name)), quad(520, 170 + 60 * row, 60)]
+        texts += [name, price]
+    markdown = to_markdown(analyse(quads), texts)
+    assert markdown.startswith("12 Mill Lane, Riverside\n\n| Bread | 2.40 |\n|---|---|\n| Milk 2 L | 1.85 |")
+
+
 def test_form_fields_side_by_side_are_read_row_by_row():
     # Long label-value pairs in two columns, far apart vertically: a form, not two columns of text.
     quads, names = [], []

@@ -241,7 +241,10 @@ class LocalEngine(Engine):
         become a huge image."""
         image = Image.new("RGB", (480, 360), "white")
         ImageDraw.Draw(image).text((24, 160), "Warm up 123", fill="black", font=ImageFont.load_default(28))
-        await asyncio.get_running_loop().run_in_executor(self._threads, self.read_page, image)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._threads, self.read_page, image)
+        # That page was read alone, with the all-core detector: load the one pages share when read side by side.
+        await loop.run_in_executor(self._threads, self._detector, False)
 
 
 @dataclass(slots=True)
