@@ -134,7 +134,8 @@ class PdfDocument(Document):
         self._dpi = config.pdf_dpi
         self._max_pixels = config.max_render_pixels
         self._format = config.page_format
-        self._text_layer = config.pdf_text_layer == "auto"
+        # Only the embedded engine reads pages from their text layer so far; vLLM pages skip the extraction.
+        self._text_layer = config.pdf_text_layer == "auto" and config.engine == "local"
 
     async def page(self, number: int, *, pixels: bool) -> PageImage:
         if not 1 <= number <= self.page_count:

@@ -104,7 +104,7 @@ async def open_pdf_page(data: bytes, text_layer: str) -> PageImage:
     from ocr import intake
     from ocr.config import ocr_config
 
-    config = replace(ocr_config(), pdf_text_layer=text_layer)
+    config = replace(ocr_config(), engine="local", pdf_text_layer=text_layer)
     document = await intake.open_upload(
         intake.Upload(data=data, file_name="doc.pdf"), expected_kind="pdf", config=config
     )
