@@ -34,6 +34,18 @@ def test_two_columns_are_read_one_after_the_other_not_line_by_line():
     assert order == ["title", *(f"L{r}" for r in range(6)), *(f"R{r}" for r in range(6)), "footer"]
 
 
+def test_a_speck_in_the_gutter_does_not_join_the_columns():
+    quads, names = [], []
+    for row in range(5):
+        quads += [quad(60, 100 + 45 * row, 420), quad(540, 100 + 45 * row, 420)]
+        names += [f"L{row}", f"R{row}"]
+    quads.append(quad(500, 190, 8, 8))  # a dot of dirt between the columns
+    names.append("speck")
+    order = [names[i] for i in analyse(quads).order]
+    order.remove("speck")
+    assert order == [*(f"L{r}" for r in range(5)), *(f"R{r}" for r in range(5))]
+
+
 def test_three_columns_with_a_shorter_last_column():
     quads, names = [], []
     for column, rows in enumerate((5, 5, 3)):

@@ -178,7 +178,11 @@ def _bottom(band: list[Box]) -> float:
 def _gutters(boxes: list[Box], min_gap: float) -> list[float]:
     """x positions (gap centres) of the empty vertical strips at least ``min_gap`` wide between the boxes."""
     gutters = []
-    spans = sorted((box.x1, box.x2) for box in boxes)
+    # Specks (both sides under half a line height: dirt, a stray dot) do not close a gutter.
+    unit = min_gap / GUTTER_IN_HEIGHTS
+    spans = sorted((box.x1, box.x2) for box in boxes if box.width >= unit / 2 or box.height >= unit / 2)
+    if not spans:
+        return []
     right = spans[0][1]
     for x1, x2 in spans[1:]:
         if x1 - right >= min_gap:

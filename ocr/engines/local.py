@@ -156,6 +156,15 @@ class LocalEngine(Engine):
                 if lines and not emit("\n".join(lines) if not streamed else "\n" + "\n".join(lines)):
                     return PageReading([], "", quarter)
                 streamed.extend(lines)
+        # The structure again, from the boxes that held text: a speck of dirt detected in a gutter, dropped by
+        # recognition, must not join the columns it separates.
+        kept = [index for index in range(len(quads)) if texts[index]]
+        if len(kept) < len(quads):
+            layout = analyse([quads[index] for index in kept])
+            order = [kept[position] for position in layout.order]
+            markdown = to_markdown(layout, [texts[index] for index in kept])
+        else:
+            markdown = to_markdown(layout, texts)
         height, width = pixels.shape[:2]
         lines = []
         for index in order:
@@ -165,7 +174,7 @@ class LocalEngine(Engine):
             xs = [point[0] for point in points]
             ys = [point[1] for point in points]
             lines.append({"text": texts[index], "box": [min(xs), min(ys), max(xs), max(ys)], "score": scores[index]})
-        return PageReading(lines, to_markdown(layout, texts), quarter, "\n".join(streamed))
+        return PageReading(lines, markdown, quarter, "\n".join(streamed))
 
     async def recognise(self, page: PageImage, prompt: str, on_delta: DeltaCallback) -> Completion:
         if page.text_layer:
