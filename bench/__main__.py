@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import embedded, pdf_memory, pdf_pipeline, relay, startup
+from bench import accuracy, embedded, pdf_memory, pdf_pipeline, relay, startup
 from bench import queue as task_queue
 
 BENCHMARKS = [
@@ -20,6 +20,7 @@ BENCHMARKS = [
     ("pdf_pipeline", pdf_pipeline.main, []),
     ("pdf_memory", pdf_memory.main, ["--pages", "200"]),
     ("embedded", embedded.main, []),
+    ("accuracy", accuracy.main, []),
     ("startup", startup.main, []),
     ("queue", task_queue.main, []),
 ]

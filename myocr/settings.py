@@ -227,6 +227,7 @@ OCR_MAX_IMAGE_PIXELS = env_int("OCR_MAX_IMAGE_PIXELS", 50_000_000, minimum=1)
 OCR_PDF_DPI = env_int("OCR_PDF_DPI", 144, minimum=36, maximum=600)
 OCR_MAX_RENDER_PIXELS = env_int("OCR_MAX_RENDER_PIXELS", 6_000_000, minimum=100_000)
 OCR_PAGE_FORMAT = env_choice("OCR_PAGE_FORMAT", "png", ("png", "jpeg"))
+OCR_PDF_TEXT_LAYER = env_choice("OCR_PDF_TEXT_LAYER", "auto", ("auto", "ocr"))
 OCR_PAGE_CONCURRENCY = env_int("OCR_PAGE_CONCURRENCY", 8, minimum=1, maximum=256)
 OCR_ENGINE_CONCURRENCY = env_int("OCR_ENGINE_CONCURRENCY", 0, minimum=0)  # 0: engine's own default
 OCR_LOCAL_THREADS = env_int("OCR_LOCAL_THREADS", 0, minimum=0)  # 0: one per core

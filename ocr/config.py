@@ -47,6 +47,8 @@ class OcrConfig:
     engine_retry_seconds: float = 1.0
     #: Every server of ``LLM_BASE_URL`` (comma-separated); ``llm_base_url`` is the first, or the only one.
     llm_base_urls: tuple[str, ...] = ()
+    #: "auto": a PDF page with a trusted text layer is read from it; "ocr": every page is OCRed.
+    pdf_text_layer: str = "auto"
 
 
 def resolve_engine_name(choice: str, base_url: str) -> str:
@@ -106,6 +108,7 @@ def ocr_config() -> OcrConfig:
         keep_uploads=settings.OCR_KEEP_UPLOADS,
         engine_retries=settings.OCR_ENGINE_RETRIES,
         engine_retry_seconds=settings.OCR_ENGINE_RETRY_SECONDS,
+        pdf_text_layer=settings.OCR_PDF_TEXT_LAYER,
     )
 
 

@@ -44,7 +44,7 @@ def export_job(job: OcrJob, fmt: str) -> Export:
         body = _joined(job, [(page.number, page_render.markdown) for page, page_render in rendered], markdown=True)
         content_type = "text/markdown; charset=utf-8"
     else:
-        body = _joined(job, [(page.number, page_render.markdown) for page, page_render in rendered], markdown=False)
+        body = _joined(job, [(page.number, page_render.plain) for page, page_render in rendered], markdown=False)
         content_type = "text/plain; charset=utf-8"
     return Export(body=body, content_type=content_type, file_name=download_name(job.file_name, fmt))
 

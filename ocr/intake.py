@@ -25,6 +25,7 @@ from zlib_ng import zlib_ng
 
 from ocr.config import OcrConfig
 from ocr.engines.base import PageImage
+from ocr.engines.textlayer import read_text_layer
 from ocr.errors import IntakeError
 
 # PDFium is not thread-safe, not even across documents: every call into it goes through this one thread.
@@ -133,28 +134,32 @@ class PdfDocument(Document):
         self._dpi = config.pdf_dpi
         self._max_pixels = config.max_render_pixels
         self._format = config.page_format
+        # Only the embedded engine reads pages from their text layer so far; vLLM pages skip the extraction.
+        self._text_layer = config.pdf_text_layer == "auto" and config.engine == "local"
 
     async def page(self, number: int, *, pixels: bool) -> PageImage:
         if not 1 <= number <= self.page_count:
             raise IndexError(number)
         loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(_pdfium_thread, self._render, number - 1)
-        page = PageImage(number=number, width=image.width, height=image.height)
+        image, text_layer = await loop.run_in_executor(_pdfium_thread, self._render, number - 1)
+        page = PageImage(number=number, width=image.width, height=image.height, text_layer=text_layer)
         if pixels:
             page.pixels = image
         else:
             page.data, page.mime = await loop.run_in_executor(_pixel_threads, encode_page, image, self._format)
         return page
 
-    def _render(self, index: int) -> Image.Image:
+    def _render(self, index: int) -> tuple[Image.Image, list | None]:
+        """The page's pixels, and its text layer when that is wanted and can be trusted."""
         page = self._pdf[index]
         try:
             width_pt, height_pt = page.get_size()
             scale = render_scale(width_pt, height_pt, self._dpi, self._max_pixels)
+            text_layer = read_text_layer(page, scale) if self._text_layer else None
             bitmap = page.render(scale=scale, may_draw_forms=True)
             try:
                 # BGR bitmaps become an RGB copy, so the image outlives the bitmap.
-                return bitmap.to_pil()
+                return bitmap.to_pil(), text_layer
             finally:
                 bitmap.close()
         finally:

@@ -105,6 +105,11 @@ class RenderedPage:
     blocks: tuple[Block, ...] = field(default_factory=tuple)
     overlays: tuple[Overlay, ...] = field(default_factory=tuple)
 
+    @property
+    def plain(self) -> str:
+        """The page as plain text (the ``.txt`` download): the Markdown without its markup."""
+        return plain_text(self.markdown)
+
 
 def parse_boxes(raw: str) -> tuple[Box, ...]:
     """The boxes of a ``<|det|>`` payload: ``[[x1, y1, x2, y2], ...]`` or a single ``[x1, y1, x2, y2]``.
@@ -193,6 +198,81 @@ def render_markdown(markdown: str) -> str:
     if stash:
         clean = re.sub(r"\x02(\d+)\x03", lambda m: stash[int(m.group(1))], clean)
     return clean
+
+
+_TABLE_CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
+_TABLE_ROW_END = re.compile(r"</tr\s*>|<br\s*/?>", re.IGNORECASE)
+_BLOCK_END = re.compile(r"</(?:p|div|h[1-6]|li|table|caption)\s*>", re.IGNORECASE)
+
+
+def plain_text(markdown: str) -> str:
+    """Markdown → plain text: headings, emphasis, escapes and list/table markup removed, one line per table row
+    (cells separated by two spaces), a blank line between blocks, soft line breaks kept as line breaks.
+
+    Raw HTML (DeepSeek-OCR writes tables as HTML) keeps only its text, with the same row and cell breaks.
+    """
+    lines: list[str] = []
+    row: list[str] | None = None
+    cell: list[str] = []
+    list_depth = 0
+    for token in _markdown.parse(markdown):
+        kind = token.type
+        if kind in {"paragraph_close", "heading_close", "code_block", "fence", "hr", "table_close"}:
+            if kind in {"code_block", "fence"}:
+                lines.append(token.content.rstrip("\n"))
+            if list_depth and kind == "paragraph_close":
+                continue
+            lines.append("")
+        elif kind in {"bullet_list_close", "ordered_list_close"}:
+            list_depth -= 1
+            if not list_depth:
+                lines.append("")
+        elif kind in {"bullet_list_open", "ordered_list_open"}:
+            list_depth += 1
+        elif kind == "list_item_open":
+            lines.append("- " if token.markup in "-*+" else token.info + token.markup + " ")
+        elif kind == "tr_open":
+            row = []
+        elif kind == "tr_close" and row is not None:
+            lines.append("  ".join(row))
+            row = None
+        elif kind in {"th_open", "td_open"}:
+            cell = []
+        elif kind in {"th_close", "td_close"} and row is not None:
+            row.append("".join(cell).strip())
+        elif kind == "html_block":
+            html = _BLOCK_END.sub("\n\n", _TABLE_ROW_END.sub("\n", _TABLE_CELL_END.sub("  ", token.content)))
+            text = nh3.clean(html, tags=set())
+            lines.append(_unescape_html(text).strip("\n"))
+            lines.append("")
+        elif kind == "inline":
+            text = _inline_text(token)
+            if row is not None:
+                cell.append(text)
+            elif lines and lines[-1].endswith(" ") and list_depth:
+                lines[-1] += text
+            else:
+                lines.append(text)
+    text = "\n".join(line.rstrip() for line in "\n".join(lines).split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
+
+
+def _inline_text(token: Any) -> str:
+    parts = []
+    for child in token.children or ():
+        if child.type in {"text", "code_inline"}:
+            parts.append(child.content)
+        elif child.type in {"softbreak", "hardbreak"}:
+            parts.append("\n")
+        elif child.type == "html_inline":
+            parts.append(_unescape_html(nh3.clean(child.content, tags=set())))
+    return "".join(parts)
+
+
+def _unescape_html(text: str) -> str:
+    import html
+
+    return html.unescape(text)
 
 
 def _escape_unknown_tag(match: re.Match[str]) -> str:

@@ -1107,3 +1107,320 @@ _ODD: tuple[GoodInput, ...] = (
     ),
 )
 ODD_GOOD_INPUTS: dict[str, GoodInput] = {good.name: good for good in _ODD}
+
+
+# ------------------------------------------------------------------------------------------- accuracy set
+#
+# Realistic page layouts with their ground truth in reading order, for ``bench/accuracy.py`` and
+# ``tests/test_accuracy.py``: columns, skew, turned pages, small text, headings, tables, forms, receipts,
+# Chinese, and PDFs (born-digital and scanned). The truth has one line per printed line, a blank line between
+# blocks, and table cells separated by spaces, row by row.
+
+PROSE: tuple[str, ...] = (
+    "The archive holds letters, maps and ledgers from three centuries of trade along the river.",
+    "Most of the documents were written by hand, and many of them have faded or torn at the edges.",
+    "Volunteers scan each page at a fixed resolution before the images are read by the software.",
+    "A reader expects the text to follow the columns of the page rather than run straight across.",
+    "Numbers such as 1847, 12.5 percent and 3,200 tonnes appear in the shipping records.",
+    "When a page is slightly turned on the glass, every line runs a little uphill or downhill.",
+    "Good software finds the angle of the lines first and reads them as if the page were straight.",
+    "Tables keep their rows together, so that a price stays next to the item it belongs to.",
+    "The committee met on Tuesday morning to discuss the budget for the coming year.",
+    "Headings are printed in a larger type, which tells the reader where a new section begins.",
+    "Each section ends with a short summary that repeats the most important figures.",
+    "The final report will be published in the spring, together with the full data set.",
+    "Small print at the foot of a page is easy to miss but often carries the conditions.",
+    "Careful readers check the totals against the individual lines before they sign.",
+    "Weather delayed the delivery by two days, but the goods arrived in good condition.",
+    "Please keep this document for your records and bring it with you to the next meeting.",
+)
+CHINESE_PROSE: tuple[str, ...] = (
+    "档案馆保存着三百年来沿河贸易的信件、地图和账簿。",
+    "大部分文件是手写的，其中许多已经褪色或者边缘破损。",
+    "志愿者以固定的分辨率扫描每一页，然后由软件识别图像。",
+    "读者希望文字按照页面的栏目顺序排列，而不是横向贯穿。",
+    "当页面在玻璃上稍微倾斜时，每一行文字都会略微向上或向下。",
+    "好的软件会先找出文字的角度，再像页面是正的一样去读。",
+    "表格要让每一行保持完整，价格才能紧挨着它所属的项目。",
+    "委员会在星期二上午开会，讨论明年的预算安排。",
+)
+
+
+@dataclass(frozen=True)
+class AccuracyPage:
+    """One page of the accuracy set: ``data`` is a PNG (``kind="image"``) or a one-page PDF (``kind="pdf"``)."""
+
+    name: str
+    kind: Literal["image", "pdf"]
+    data: bytes = field(repr=False)
+    truth: str = field(repr=False)
+    description: str = ""
+
+
+class _Canvas:
+    """A white page that records, in reading order, the text drawn on it."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.image = Image.new("L", (width, height), 255)
+        self.draw = ImageDraw.Draw(self.image)
+        self.blocks: list[str] = []
+
+    def face(self, text: str, size: int) -> ImageFont.FreeTypeFont:
+        return _pil_font("cjk" if needs_cjk_font(text) else "sans", size)
+
+    def line(self, x: float, y: float, text: str, size: int) -> None:
+        self.draw.text((x, y), text, font=self.face(text, size), fill=0)
+
+    def paragraph(self, x: float, y: float, width: float, text: str, size: int, *, spacing: float = 1.55) -> float:
+        """Draw ``text`` wrapped to ``width``; record it as one block; return the y below it."""
+        lines = _wrap(text, self.face(text, size), width)
+        for number, line in enumerate(lines):
+            self.line(x, y + number * size * spacing, line, size)
+        self.blocks.append("\n".join(lines))
+        return y + len(lines) * size * spacing
+
+    def truth(self) -> str:
+        return "\n\n".join(self.blocks)
+
+
+def _wrap(text: str, face: ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """Greedy wrap at spaces (at any character for CJK text)."""
+    cjk = needs_cjk_font(text) and " " not in text
+    tokens = list(text) if cjk else text.split(" ")
+    lines: list[str] = []
+    current = ""
+    for token in tokens:
+        candidate = token if not current else current + ("" if cjk else " ") + token
+        if current and face.getlength(candidate) > width:
+            lines.append(current)
+            current = token
+        else:
+            current = candidate
+    if current:
+        lines.append(current)
+    return lines
+
+
+def _png(image: Image.Image) -> bytes:
+    return _encode(image.convert("RGB"), "PNG")
+
+
+def _prose(start: int, count: int, pool: Sequence[str] = PROSE) -> str:
+    return " ".join(pool[(start + k) % len(pool)] for k in range(count))
+
+
+def _columns_page(n_columns: int, *, width: int = 1100, height: int = 1400, size: int = 20) -> _Canvas:
+    canvas = _Canvas(width, height)
+    margin = 70
+    canvas.line(margin, 50, "Annual Report of the River Archive", 40)
+    canvas.blocks.append("Annual Report of the River Archive")
+    gutter = 50
+    column_width = (width - 2 * margin - (n_columns - 1) * gutter) / n_columns
+    for column in range(n_columns):
+        x = margin + column * (column_width + gutter)
+        y = 140.0
+        for paragraph in range(3 if n_columns < 3 else 2):
+            y = canvas.paragraph(x, y, column_width, _prose(column * 5 + paragraph * 2, 2), size) + size
+    canvas.line(margin, height - 60, "Page 4 of 12", 18)
+    canvas.blocks.append("Page 4 of 12")
+    return canvas
+
+
+def _one_column_page(*, width: int = 1100, height: int = 1000, size: int = 24, start: int = 0) -> _Canvas:
+    canvas = _Canvas(width, height)
+    margin = 70
+    canvas.line(margin, 50, "Notes on the Shipping Records", 38)
+    canvas.blocks.append("Notes on the Shipping Records")
+    y = 130.0
+    for paragraph in range(3):
+        y = canvas.paragraph(margin, y, width - 2 * margin, _prose(start + paragraph * 2, 2), size) + size
+    return canvas
+
+
+def _headings_page() -> _Canvas:
+    canvas = _Canvas(1100, 1300)
+    margin, y = 70, 50.0
+    for number, (title, size) in enumerate(
+        (("Chapter One: The River", 44), ("Trade in the early years", 32), ("Records and ledgers", 32))
+    ):
+        canvas.line(margin, y, title, size)
+        canvas.blocks.append(title)
+        y += size * 1.8
+        y = canvas.paragraph(margin, y, 1100 - 2 * margin, _prose(number * 3 + 1, 2), 22) + 30
+    return canvas
+
+
+def _small_text_page() -> _Canvas:
+    canvas = _Canvas(1000, 800)
+    y = 40.0
+    for paragraph in range(4):
+        y = canvas.paragraph(50, y, 900, _prose(paragraph * 3, 3), 14) + 14
+    return canvas
+
+
+def _table_page(*, ruled: bool) -> _Canvas:
+    canvas = _Canvas(1100, 800)
+    title = "Monthly deliveries by port" if ruled else "Stock levels at the end of March"
+    canvas.line(70, 50, title, 32)
+    canvas.blocks.append(title)
+    header = ("Port", "Cargo", "Tonnes", "Value")
+    rows = (
+        ("Riverside", "Timber", "1,250", "18,400"),
+        ("North Quay", "Grain", "980", "7,350"),
+        ("Old Harbour", "Coal", "2,100", "12,600"),
+        ("East Dock", "Wool", "340", "9,900"),
+        ("Mill Bend", "Salt", "615", "2,460"),
+    )
+    if not ruled:
+        header = ("Item", "Shelf", "Count", "Price")
+        rows = (
+            ("Lamp oil", "A3", "42", "3.20"),
+            ("Rope, 10 m", "B1", "17", "8.75"),
+            ("Nails, box", "C4", "230", "1.10"),
+            ("Canvas sheet", "B2", "9", "14.00"),
+            ("Tar, barrel", "D1", "5", "22.50"),
+        )
+    xs = (90, 400, 650, 880)
+    y0, pitch = 150, 70
+    size = 24
+    for number, row in enumerate((header, *rows)):
+        y = y0 + number * pitch
+        for x, cell in zip(xs, row, strict=True):
+            canvas.line(x, y + 18, cell, size)
+        canvas.blocks.append(" ".join(row))
+    if ruled:
+        bottom = y0 + (len(rows) + 1) * pitch
+        for number in range(len(rows) + 2):
+            canvas.draw.line((70, y0 + number * pitch, 1040, y0 + number * pitch), fill=0, width=2)
+        for x in (70, 380, 630, 860, 1040):
+            canvas.draw.line((x, y0, x, bottom), fill=0, width=2)
+    return canvas
+
+
+def _form_page() -> _Canvas:
+    canvas = _Canvas(1100, 800)
+    canvas.line(70, 50, "Application for a Reading Room Card", 34)
+    canvas.blocks.append("Application for a Reading Room Card")
+    fields = (
+        ("Surname: Hartley", "First name: Margaret"),
+        ("Date of birth: 14/02/1968", "Card number: 20931"),
+        ("Street: 12 Mill Lane", "Town: Riverside"),
+        ("Telephone: 0161 555 0142", "Signed: M. Hartley"),
+    )
+    for number, (left, right) in enumerate(fields):
+        y = 160 + number * 90
+        canvas.line(80, y, left, 24)
+        canvas.line(600, y, right, 24)
+        canvas.draw.line((80, y + 40, 540, y + 40), fill=120, width=1)
+        canvas.draw.line((600, y + 40, 1040, y + 40), fill=120, width=1)
+        canvas.blocks.append(f"{left} {right}")
+    canvas.paragraph(80, 560, 940, "I agree to handle every document with care and to follow the rules.", 20)
+    return canvas
+
+
+def _receipt_page() -> _Canvas:
+    canvas = _Canvas(640, 960)
+    face = canvas.face("A", 26)
+
+    def centred(y: float, text: str, size: int) -> None:
+        canvas.line((640 - canvas.face(text, size).getlength(text)) / 2, y, text, size)
+        canvas.blocks.append(text)
+
+    centred(40, "RIVERSIDE GROCERY", 34)
+    centred(90, "12 Mill Lane, Riverside", 22)
+    items = (("Bread", "2.40"), ("Milk 2 L", "1.85"), ("Apples 1 kg", "3.10"), ("Coffee beans", "7.95"))
+    y = 170
+    for name, price in (*items, ("TOTAL", "15.30"), ("Card payment", "15.30")):
+        canvas.line(60, y, name, 26)
+        canvas.line(580 - face.getlength(price), y, price, 26)
+        canvas.blocks.append(f"{name} {price}")
+        y += 60
+    centred(y + 40, "Thank you for shopping with us", 22)
+    return canvas
+
+
+def _chinese_page() -> _Canvas:
+    canvas = _Canvas(1100, 900)
+    canvas.line(70, 50, "河流档案馆年度报告", 40)
+    canvas.blocks.append("河流档案馆年度报告")
+    y = 140.0
+    for paragraph in range(3):
+        y = canvas.paragraph(70, y, 960, _prose(paragraph * 2, 3, CHINESE_PROSE), 26) + 26
+    return canvas
+
+
+def _mixed_page() -> _Canvas:
+    canvas = _Canvas(1100, 900)
+    canvas.line(70, 50, "月度报告 Monthly Report", 38)
+    canvas.blocks.append("月度报告 Monthly Report")
+    y = 140.0
+    for paragraph in range(4):
+        pool = CHINESE_PROSE if paragraph % 2 == 0 else PROSE
+        y = canvas.paragraph(70, y, 960, _prose(paragraph, 2, pool), 24) + 24
+    return canvas
+
+
+def _turned(canvas: _Canvas, *, angle: float = 0.0, quarter: int = 0, noise: bool = False, seed: int = 0) -> bytes:
+    image = canvas.image
+    if angle:
+        image = image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=255)
+    if quarter:
+        image = image.transpose(
+            {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}[quarter]
+        )
+    if noise:
+        image = _degrade(image, random.Random(seed))
+    return _png(image)
+
+
+def _born_digital_pdf() -> tuple[bytes, str]:
+    lines = [PROSE[k] for k in range(6)]
+    shorter = [line[: len(line) // 2].rsplit(" ", 1)[0] for line in lines]
+    rest = [line[len(head) + 1 :] for line, head in zip(lines, shorter, strict=True)]
+    text = [part for pair in zip(shorter, rest, strict=True) for part in pair]
+    return make_pdf([["Notes on the Shipping Records", *text]], font_size=13), "\n".join(
+        ["Notes on the Shipping Records", *text]
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def accuracy_set(*, fast: bool = False) -> tuple[AccuracyPage, ...]:
+    """The pages of the accuracy benchmark. ``fast`` keeps one page of each kind of difficulty (for tests)."""
+    pages: list[AccuracyPage] = []
+
+    def add(name: str, canvas: _Canvas, description: str, **turn: object) -> None:
+        pages.append(AccuracyPage(name, "image", _turned(canvas, **turn), canvas.truth(), description))
+
+    add("one_column", _one_column_page(), "a heading over three paragraphs")
+    add("two_columns", _columns_page(2), "a title, two columns of three paragraphs, a footer")
+    add("three_columns", _columns_page(3, width=1300, size=18), "a title, three columns, a footer")
+    skews = (-5.0, 2.0, 5.0) if fast else (-5.0, -3.0, -2.0, -1.0, 1.0, 2.0, 3.0, 5.0)
+    for angle in skews:
+        add(f"skew_{angle:+.0f}", _one_column_page(start=3), f"one column turned {angle:+g}°", angle=angle)
+    add("skew_two_columns_+3", _columns_page(2), "two columns turned +3°", angle=3.0)
+    for quarter in (1, 2, 3):
+        add(f"rotated_{quarter * 90}", _one_column_page(start=5), f"a page turned {quarter * 90}°", quarter=quarter)
+    add("small_text", _small_text_page(), "four paragraphs at 14 px")
+    add("headings", _headings_page(), "three headings of two sizes over body text")
+    add("table_ruled", _table_page(ruled=True), "a ruled table, 4 columns × 6 rows")
+    add("table_unruled", _table_page(ruled=False), "an unruled table, 4 columns × 6 rows")
+    add("form", _form_page(), "a form: label-value pairs side by side")
+    add("receipt", _receipt_page(), "a receipt: items and right-aligned prices")
+    add("chinese", _chinese_page(), "a Chinese heading over three paragraphs")
+    add("mixed", _mixed_page(), "Chinese and English paragraphs in turn")
+    if not fast:
+        add("scan_two_columns", _columns_page(2), "a noisy scan of two columns, turned -2°", angle=-2.0, noise=True)
+        add("scan_chinese", _chinese_page(), "a noisy Chinese scan turned 1.5°", angle=1.5, noise=True, seed=2)
+    pdf, truth = _born_digital_pdf()
+    pages.append(AccuracyPage("pdf_born_digital", "pdf", pdf, truth, "a text PDF (reportlab, embedded fonts)"))
+    scan = _columns_page(2)
+    pages.append(
+        AccuracyPage(
+            "pdf_scanned",
+            "pdf",
+            make_image_pdf([_turned(scan, angle=1.0, noise=True, seed=3)], resolution=150),
+            scan.truth(),
+            "a scanned PDF: two columns, noisy, turned 1°",
+        )
+    )
+    return tuple(pages)

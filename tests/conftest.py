@@ -191,7 +191,7 @@ def frames_of(frames: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def page_text(frames: list[dict[str, Any]], page: int) -> str:
-    return "".join(frame["delta"] for frame in frames if frame["type"] == "page_delta" and frame["page"] == page)
+    return streamed_text(frames, page)
 
 
 def image_text(frames: list[dict[str, Any]]) -> str:

@@ -29,6 +29,9 @@ class PageImage:
     data: bytes | None = None
     mime: str | None = None
     pixels: Image.Image | None = None
+    #: A born-digital PDF page's trusted text layer: ``(quad, text)`` runs in this page's pixels
+    #: (``ocr.engines.textlayer``). An engine that can use it reads the page from it instead of its pixels.
+    text_layer: list[tuple[list[tuple[float, float]], str]] | None = None
 
 
 @dataclass(slots=True)
@@ -40,6 +43,8 @@ class Completion:
     completion_tokens: int = 0
     estimated: bool = False
     layout: list[dict] | None = field(default=None)
+    #: How the text was read: "ocr", or "text_layer" for a PDF page read from its own text.
+    source: str = "ocr"
 
 
 class DeltaCallback(Protocol):
