@@ -68,6 +68,13 @@ FLAG = {"type": "boolean"}
 UUID = {"type": "string", "format": "uuid"}
 TIMESTAMP = {"type": "string", "format": "date-time"}
 PAGE_NUMBER = {"type": "integer", "minimum": 1}
+TEXT_LAYER = {
+    "enum": ["auto", "ocr"],
+    "description": (
+        "PDFs, embedded engine: `auto` reads a page from its text layer when that is usable (the page's `page_end` "
+        "then says `source: text_layer`), `ocr` OCRs every page. Absent: the server's OCR_PDF_TEXT_LAYER."
+    ),
+}
 
 
 def schemas() -> dict[str, Any]:
@@ -150,6 +157,10 @@ def schemas() -> dict[str, Any]:
                 "elapsed_ms": nullable(COUNT),
                 "error": ref("ErrorDetail"),
                 "layout": {"type": "array", "items": {"type": "object"}, "description": "Boxes, 0–999 coordinates."},
+                "source": {
+                    "enum": ["text_layer"],
+                    "description": "Present when the page was read from the PDF's own text layer, not OCRed.",
+                },
             },
             required=["type", "page", "status", "usage"],
             description="Exactly one per page_start; a failed or cut-off page's carries ``error``.",
@@ -198,6 +209,7 @@ def schemas() -> dict[str, Any]:
                     "maxLength": MAX_PROMPT_CHARS,
                     "description": "Empty: the server's LLM_PROMPT.",
                 },
+                "text_layer": TEXT_LAYER,
             },
             required=["file"],
         ),
@@ -214,6 +226,7 @@ def schemas() -> dict[str, Any]:
                 "width": nullable(COUNT),
                 "height": nullable(COUNT),
                 "layout": nullable({"type": "array", "items": {"type": "object"}}),
+                "source": {"enum": ["ocr", "text_layer"]},
                 "duration_ms": nullable(COUNT),
             }
         ),
@@ -435,6 +448,7 @@ def job_api_schemas() -> dict[str, Any]:
                     "description": "One or more files (`file` repeated), each an image or a PDF: one job each.",
                 },
                 "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+                "text_layer": TEXT_LAYER,
                 "callback_url": {
                     "type": "string",
                     "maxLength": 2000,

@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from myocr.http import ApiError, api_endpoint
 from ocr import intake, metrics, webhooks
-from ocr.config import ocr_config
+from ocr.config import TEXT_LAYER_CHOICES, ocr_config
 from ocr.errors import IntakeError
 from ocr.exports import export_job
 from ocr.jobs import cancel_job, retry_failed_pages, submit_job
@@ -81,10 +81,24 @@ async def start_ocr(request: HttpRequest, *, kind: str) -> HttpResponse:
         raise
 
 
+def clean_text_layer(request: HttpRequest) -> str:
+    """The request's ``text_layer`` field: ``auto`` (read a PDF page from its text layer when it is usable),
+    ``ocr`` (OCR every page), or "" for the server's ``OCR_PDF_TEXT_LAYER``. Read after the body is parsed."""
+    value = request.POST.get("text_layer", "").strip()
+    if value and value not in TEXT_LAYER_CHOICES:
+        raise ApiError(f"text_layer is one of {', '.join(TEXT_LAYER_CHOICES)}.", code="invalid_text_layer")
+    return value
+
+
 async def _start_job(request: HttpRequest, *, kind: str) -> HttpResponse:
     upload, raw_prompt = await read_upload(request)
     run = await prepare_job(
-        owner=request.user, upload=upload, kind=kind, source=JobSource.API, prompt=clean_prompt(raw_prompt)
+        owner=request.user,
+        upload=upload,
+        kind=kind,
+        source=JobSource.API,
+        prompt=clean_prompt(raw_prompt),
+        text_layer=clean_text_layer(request),
     )
     job = run.job
     response = StreamingHttpResponse(ndjson_stream(run.batches(), kind), content_type=NDJSON_CONTENT_TYPE)
@@ -160,6 +174,7 @@ async def read_batch(request: HttpRequest) -> tuple[list[intake.Upload], str]:
 async def _submit_jobs(request: HttpRequest) -> HttpResponse:
     uploads, raw_prompt = await read_batch(request)
     prompt = clean_prompt(raw_prompt)
+    text_layer = clean_text_layer(request)
     callback_url = request.POST.get("callback_url", "")
     if callback_url:
         callback_url = await sync_to_async(webhooks.validate_callback_url, thread_sensitive=False)(callback_url)
@@ -184,6 +199,7 @@ async def _submit_jobs(request: HttpRequest) -> HttpResponse:
             source=JobSource.API,
             prompt=prompt,
             callback_url=callback_url,
+            text_layer=text_layer,
         )
         entries.append(
             {

@@ -7,7 +7,7 @@ override settings get a fresh object through the ``setting_changed`` signal.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from django.conf import settings
@@ -110,6 +110,17 @@ def ocr_config() -> OcrConfig:
         engine_retry_seconds=settings.OCR_ENGINE_RETRY_SECONDS,
         pdf_text_layer=settings.OCR_PDF_TEXT_LAYER,
     )
+
+
+TEXT_LAYER_CHOICES = ("auto", "ocr")
+
+
+def config_for(*, text_layer: str = "") -> OcrConfig:
+    """The configuration for one job: the server's, with the job's own text-layer choice ("": the server's)."""
+    config = ocr_config()
+    if text_layer and text_layer != config.pdf_text_layer:
+        return replace(config, pdf_text_layer=text_layer)
+    return config
 
 
 @receiver(setting_changed)

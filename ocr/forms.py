@@ -17,22 +17,28 @@ class Preset:
     label: str | Promise
     help: str | Promise
     prompt: str  # "" for the server's default prompt; "{text}" is replaced by what the user typed
+    #: The embedded engine can do it: it reads text (as Markdown, with boxes) and follows no prompt.
+    embedded: bool = False
 
 
 PRESETS: tuple[Preset, ...] = (
-    Preset("default", _("Plain text"), _("The server's default prompt (DeepSeek-OCR: “Free OCR.”)."), ""),
-    Preset("markdown", _("Markdown"), _("Text as Markdown."), "Free OCR, output markdown."),
+    Preset(
+        "default", _("Plain text"), _("The server's default prompt (DeepSeek-OCR: “Free OCR.”)."), "", embedded=True
+    ),
+    Preset("markdown", _("Markdown"), _("Text as Markdown."), "Free OCR, output markdown.", embedded=True),
     Preset(
         "document",
         _("Document with layout"),
         _("Deep document parsing: Markdown plus the position of every block (boxes)."),
         "<|grounding|>Convert the document to markdown.",
+        embedded=True,
     ),
     Preset(
         "image_layout",
         _("Other image with layout"),
         _("OCR of a photo or screenshot, with boxes."),
         "<|grounding|>OCR this image.",
+        embedded=True,
     ),
     Preset(
         "describe",
@@ -50,6 +56,7 @@ PRESETS: tuple[Preset, ...] = (
     Preset("custom", _("Custom prompt"), _("Type your own prompt below."), "{text}"),
 )
 PRESETS_BY_KEY = {preset.key: preset for preset in PRESETS}
+EMBEDDED_CANNOT = _("The embedded CPU engine reads text only: this needs the DeepSeek-OCR engine.")
 
 
 class UploadForm(forms.Form):
@@ -60,6 +67,15 @@ class UploadForm(forms.Form):
         initial="default",
         widget=forms.RadioSelect,
     )
+    text_layer = forms.ChoiceField(
+        label=_("PDF pages with their own text"),
+        choices=[
+            ("auto", _("Read the text layer when it is usable (fast, exact)")),
+            ("ocr", _("OCR every page")),
+        ],
+        required=False,
+        widget=forms.RadioSelect,
+    )
     text = forms.CharField(
         label=_("Prompt or phrase"),
         required=False,
@@ -67,11 +83,18 @@ class UploadForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2}),
     )
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["text_layer"].initial = ocr_config().pdf_text_layer
+
     def clean(self) -> dict:
         data = super().clean()
         preset = PRESETS_BY_KEY.get(data.get("preset") or "default")
         text = (data.get("text") or "").strip()
         if preset is None:
+            return data
+        if ocr_config().engine == "local" and not preset.embedded:
+            self.add_error("preset", EMBEDDED_CANNOT)
             return data
         if "{text}" in preset.prompt and not text:
             self.add_error("text", _("Type the prompt or the phrase to find."))

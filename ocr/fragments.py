@@ -18,7 +18,7 @@ from django.utils.html import escape
 from django.utils.translation import gettext as _
 
 from ocr.live import Batch, Snapshot, Update
-from ocr.models import OcrJob, OcrPage, PageStatus
+from ocr.models import JobStatus, OcrJob, OcrPage, PageStatus
 from ocr.rendering import Overlay, RenderedPage, render_page
 
 JOB_TEMPLATE = "ocr/job_detail.html"
@@ -51,6 +51,7 @@ class PageView:
     height: int | None = None
     usage: dict[str, int] = field(default_factory=dict)
     duration_ms: int | None = None
+    source: str = "ocr"
 
     @property
     def overlays(self) -> tuple[Overlay, ...]:
@@ -89,6 +90,7 @@ def page_view(page: OcrPage, job: OcrJob) -> PageView:
             "completion_chars": page.completion_chars or len(page.text),
         },
         duration_ms=page.duration_ms,
+        source=page.source,
     )
 
 
@@ -189,7 +191,11 @@ class LiveRenderer:
         resets: set[int] = set()
         for event in batch.events:
             kind = event["type"]
-            if kind == "page_start":
+            if kind == "start" and self.job.status == JobStatus.QUEUED:
+                # A runner took the queued job: the header says it runs now.
+                self.job.status = JobStatus.RUNNING
+                parts.append(oob(render_part("header", self._context())))
+            elif kind == "page_start":
                 number = event["page"]
                 page = OcrPage(job=self.job, number=number, status=PageStatus.RUNNING)
                 self.pages[number] = page

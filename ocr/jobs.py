@@ -27,7 +27,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
 from ocr import engines, intake, metrics, queue
-from ocr.config import ocr_config
+from ocr.config import config_for
 from ocr.errors import QueueUnavailable
 from ocr.live import LiveJob, logged_summary, request_cancel, start_live_job
 from ocr.models import JobStatus, OcrJob
@@ -58,6 +58,7 @@ async def submit_job(
     source: str,
     prompt: str,
     callback_url: str = "",
+    text_layer: str = "",
 ) -> OcrJob:
     """Validate and record a detached job and hand it to a runner; returns the job (``queued`` or ``running``).
 
@@ -73,13 +74,14 @@ async def submit_job(
             prompt=prompt,
             detached=True,
             callback_url=callback_url,
+            text_layer=text_layer,
         )
         start_live_job(run, on_end=job_ended)
         metrics.queue_event("submitted")
         metrics.queue_event("started")  # this process is its runner, at once
         metrics.OCR_QUEUE_WAIT.observe(max(0.0, (timezone.now() - run.job.created_at).total_seconds()))
         return run.job
-    config = ocr_config()
+    config = config_for(text_layer=text_layer)
     engine = engines.get_engine()
     document = await intake.open_upload(upload, expected_kind=kind, config=config)
     await document.aclose()
@@ -99,6 +101,7 @@ async def submit_job(
         status=JobStatus.QUEUED,
         detached=True,
         callback_url=callback_url,
+        text_layer=text_layer,
     )
     await dispatch(job.pk, discard_on_failure=True)
     metrics.queue_event("submitted")
@@ -169,7 +172,7 @@ async def run_detached_job(job_id: uuid.UUID | str) -> None:
 async def _open_run(job: OcrJob, *, resumed: bool) -> JobRun | None:
     """The pipeline run of a claimed job, or ``None`` (the job is closed as failed) when its upload is gone or
     unreadable."""
-    config = ocr_config()
+    config = config_for(text_layer=job.text_layer)
     try:
         engine = engines.get_engine()
         data = await sync_to_async(_read_upload, thread_sensitive=False)(job)

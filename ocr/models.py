@@ -131,6 +131,15 @@ class OcrJob(ExportModelOperationsMixin("job"), UsageFields):
         blank=True,
         help_text=_("When the uploaded file was deleted after OCR_UPLOAD_RETENTION_DAYS (the text stays)."),
     )
+    text_layer = models.CharField(
+        _("text layer"),
+        max_length=8,
+        blank=True,
+        help_text=_(
+            "auto: PDF pages with a usable text layer are read from it; ocr: every page is OCRed; "
+            "empty: the server's setting."
+        ),
+    )
     callback_url = models.CharField(
         _("callback URL"), max_length=2000, blank=True, help_text=_("Where the job's webhook goes when it ends.")
     )
@@ -183,6 +192,12 @@ class OcrPage(ExportModelOperationsMixin("page"), UsageFields):
     error_message = models.TextField(_("error"), blank=True)
     width = models.PositiveIntegerField(_("width"), null=True, blank=True)
     height = models.PositiveIntegerField(_("height"), null=True, blank=True)
+    source = models.CharField(
+        _("read from"),
+        max_length=16,
+        choices=[("ocr", _("OCR")), ("text_layer", _("the PDF's text layer"))],
+        default="ocr",
+    )
     layout = models.JSONField(
         _("layout"),
         null=True,

@@ -30,7 +30,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
 from ocr import engines, errors, intake, metrics, pacing
-from ocr.config import ocr_config
+from ocr.config import config_for, ocr_config
 from ocr.engines.base import Completion, Engine
 from ocr.errors import EngineError
 from ocr.intake import Document
@@ -56,6 +56,7 @@ async def prepare_job(
     enforce_limits: bool = True,
     detached: bool = False,
     callback_url: str = "",
+    text_layer: str = "",
 ) -> JobRun:
     """The one way in for every door (API, browser, command): validate ``upload`` for ``kind``, record the job
     and return its run, ready to be consumed. A ``detached`` job outlives its request (``ocr/jobs.py``).
@@ -63,7 +64,7 @@ async def prepare_job(
     Raises before anything is recorded: ``IntakeError`` (the upload), ``EngineNotConfigured``, and with
     ``enforce_limits`` the owner's ``LimitExceeded``.
     """
-    config = ocr_config()
+    config = config_for(text_layer=text_layer)
     engine = engines.get_engine()
     document = await intake.open_upload(upload, expected_kind=kind, config=config)
     try:
@@ -82,6 +83,7 @@ async def prepare_job(
             enforce_limits=enforce_limits,
             detached=detached,
             callback_url=callback_url,
+            text_layer=text_layer,
         )
     except BaseException:
         await document.aclose()
@@ -349,6 +351,7 @@ class JobRun:
         outcome.estimated = completion.estimated
         outcome.finish_reason = completion.finish_reason
         outcome.layout = completion.layout
+        outcome.source = completion.source
         if completion.finish_reason == "length":
             outcome.status = PageStatus.TRUNCATED
             outcome.error_code = errors.ENGINE_CUT_OFF
@@ -455,4 +458,6 @@ def page_end_event(outcome: PageOutcome) -> Event:
         event["error"] = {"code": outcome.error_code, "message": outcome.error_message}
     if outcome.layout:
         event["layout"] = outcome.layout
+    if outcome.source != "ocr":
+        event["source"] = outcome.source
     return event

@@ -83,6 +83,7 @@ def job_as_dict(job: OcrJob, *, pages: list | None = None) -> dict[str, Any]:
                 "width": page.width,
                 "height": page.height,
                 "layout": page.layout,
+                "source": page.source,
                 "duration_ms": page.duration_ms,
             }
             for page in pages

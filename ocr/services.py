@@ -33,6 +33,8 @@ class PageOutcome:
     width: int | None = None
     height: int | None = None
     layout: list[dict] | None = None
+    #: "ocr", or "text_layer": a PDF page read from its own text (the embedded engine, OCR_PDF_TEXT_LAYER).
+    source: str = "ocr"
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -91,6 +93,7 @@ def _create_job(
     status: str = JobStatus.RUNNING,
     detached: bool = False,
     callback_url: str = "",
+    text_layer: str = "",
 ) -> OcrJob:
     """Create a job, running or ``queued`` (and keep its upload). With ``enforce_limits`` the owner's per-user
     limits are checked in the transaction that inserts it (``accounts.limits.admit_job``), which raises
@@ -113,6 +116,7 @@ def _create_job(
         status=status,
         detached=detached,
         callback_url=callback_url,
+        text_layer=text_layer,
     )
     if keep_upload:
         # The name passed here is ignored by ``upload_path``: the client's file name never reaches the disk.
@@ -149,6 +153,7 @@ PAGE_RECORD_FIELDS = [
     "width",
     "height",
     "layout",
+    "source",
     "started_at",
     "finished_at",
     "duration_ms",
@@ -172,6 +177,7 @@ def _record_page(*, job_id: object, outcome: PageOutcome) -> None:
         width=outcome.width,
         height=outcome.height,
         layout=outcome.layout,
+        source=outcome.source,
         started_at=outcome.started_at,
         finished_at=outcome.finished_at,
         duration_ms=outcome.duration_ms,
@@ -276,6 +282,7 @@ def outcome_from_page(page: OcrPage) -> PageOutcome:
         width=page.width,
         height=page.height,
         layout=page.layout,
+        source=page.source,
         started_at=page.started_at,
         finished_at=page.finished_at,
     )

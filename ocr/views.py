@@ -43,7 +43,7 @@ from ocr import intake, selectors
 from ocr.config import ocr_config
 from ocr.errors import OcrError
 from ocr.exports import export_job
-from ocr.forms import PRESETS, UploadForm
+from ocr.forms import EMBEDDED_CANNOT, PRESETS, UploadForm
 from ocr.fragments import LiveRenderer, page_view, usage_view
 from ocr.jobs import cancel_job, retry_failed_pages, submit_job
 from ocr.live import follow_job
@@ -117,6 +117,7 @@ def _home_context(request: HttpRequest, form: UploadForm) -> dict[str, Any]:
     return {
         "form": form,
         "presets": PRESETS,
+        "embedded_cannot": EMBEDDED_CANNOT,
         "engine": config.engine,
         "max_upload_bytes": config.max_upload_bytes,
         "recent_jobs": list(selectors.visible_jobs_for_owner(owner=request.owner).order_by("-created_at")[:5]),
@@ -143,7 +144,12 @@ async def job_new(request: HttpRequest) -> HttpResponse:
     kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
     try:
         job = await submit_job(
-            owner=request.owner, upload=upload, kind=kind, source=JobSource.WEB, prompt=form.cleaned_data["prompt"]
+            owner=request.owner,
+            upload=upload,
+            kind=kind,
+            source=JobSource.WEB,
+            prompt=form.cleaned_data["prompt"],
+            text_layer=form.cleaned_data.get("text_layer") or "",
         )
     except LimitExceeded as error:
         form.add_error("file", limit_message(error))
