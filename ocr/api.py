@@ -21,7 +21,7 @@ from ocr.live import job_frames
 from ocr.models import JobKind, JobSource, JobStatus, OcrJob
 from ocr.pipeline import prepare_job
 from ocr.selectors import ajob_detail, ajob_for_owner, job_as_dict, visible_jobs_for_owner
-from ocr.services import job_abandon, job_delete
+from ocr.services import JobNotFinished, job_abandon, job_delete
 from ocr.transports import NDJSON_CONTENT_TYPE, ndjson_frames_stream, ndjson_stream
 
 
@@ -109,7 +109,7 @@ async def _start_job(request: HttpRequest, *, kind: str) -> HttpResponse:
     def close_if_never_started() -> None:
         # The client can leave before the first chunk; the stream then never runs and must not stay "running".
         if not run.started:
-            job_abandon(job_id=job.pk, error_code="cancelled", error_message="The client went away.")
+            job_abandon(job_id=job.pk)
 
     response._resource_closers.append(close_if_never_started)
     return response
@@ -258,9 +258,10 @@ async def _list_jobs(request: HttpRequest) -> HttpResponse:
 async def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
     job = await _owned(request, job_id)
     if request.method == "DELETE":
-        if not job.is_finished:
-            raise ApiError("The job has not ended: cancel it first.", code="job_not_finished", status=409)
-        await sync_to_async(job_delete)(job=job)
+        try:
+            await sync_to_async(job_delete)(job=job)
+        except JobNotFinished:
+            raise ApiError("The job has not ended: cancel it first.", code="job_not_finished", status=409) from None
         return HttpResponse(status=204)
     data: dict[str, Any] = await ajob_detail(job)
     webhook = await sync_to_async(webhooks.delivery_summary)(job.pk) if job.callback_url else None

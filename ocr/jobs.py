@@ -181,11 +181,7 @@ async def _open_run(job: OcrJob, *, resumed: bool) -> JobRun | None:
         )
     except Exception as exc:
         logger.warning("job %s cannot run: its upload cannot be read (%s)", job.pk, exc)
-        await job_fail(
-            job_id=job.pk,
-            error_code="upload_unreadable",
-            error_message="The uploaded file could not be read back from storage; nothing was run.",
-        )
+        await job_fail(job_id=job.pk, reason="upload_unreadable")
         return None
     kept = await kept_pages(job_id=job.pk) if resumed else []
     logged = await logged_summary(job.pk) if resumed else None

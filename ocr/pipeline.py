@@ -35,7 +35,7 @@ from ocr.engines.base import Completion, Engine
 from ocr.errors import EngineError
 from ocr.intake import Document
 from ocr.models import JobStatus, OcrJob, PageStatus
-from ocr.services import JobTotals, PageOutcome, job_create, job_finish, page_record
+from ocr.services import JobTotals, PageOutcome, job_close, job_create, page_record
 
 logger = logging.getLogger(__name__)
 
@@ -391,10 +391,9 @@ class JobRun:
         try:
             # Shielded: a client that leaves must not stop the ledger from being written.
             await asyncio.shield(
-                job_finish(
+                job_close(
                     job_id=self.job.pk,
                     status=status,
-                    totals=self.totals,
                     unrecorded=unrecorded,
                     first_delta_ms=self._first_delta_ms,
                     duration_ms=duration_ms,

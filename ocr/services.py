@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -190,20 +191,68 @@ def _record_page(*, job_id: object, outcome: PageOutcome) -> None:
 page_record = sync_to_async(_record_page)
 
 
-def _finish_job(
+#: Why a job ended when its pages did not decide it: the error code and message every closer uses.
+CLOSE_REASONS: dict[str, tuple[str, str]] = {
+    "cancelled_by_owner": ("cancelled", "The job was cancelled: cancelled by its owner."),
+    "client_gone": ("cancelled", "The job was cancelled: the client went away."),
+    "interrupted": ("interrupted", "The server stopped while the job ran; the pages that finished before are kept."),
+    "crashed": ("internal_error", "The job stopped unexpectedly."),
+    "upload_unreadable": (
+        "upload_unreadable",
+        "The uploaded file could not be read back from storage; nothing was run.",
+    ),
+}
+INTERRUPTED_MESSAGE = CLOSE_REASONS["interrupted"][1]
+
+
+def usage_of(pages: Iterable[OcrPage], prompt: str) -> JobTotals:
+    """A job's usage: the fold of its stored pages (the one rule, ``JobTotals.add``, the ``end`` frame uses too)."""
+    totals = JobTotals()
+    for page in pages:
+        totals.add(outcome_from_page(page), len(prompt))
+    return totals
+
+
+def _close_job(
     *,
     job_id: object,
     status: str,
-    totals: JobTotals,
-    unrecorded: list[PageOutcome],
-    first_delta_ms: int | None,
-    duration_ms: int,
+    reason: str = "",
     error_code: str = "",
     error_message: str = "",
-) -> None:
+    unrecorded: Iterable[PageOutcome] = (),
+    running_pages: str = "",
+    first_delta_ms: int | None = None,
+    duration_ms: int | None = None,
+) -> bool:
+    """The one way a job ends, whatever ended it: the pipeline at its end, a client that left before the first
+    frame, a crashed runner, a dead process, a cancelled queued job, an unreadable upload.
+
+    In one transaction: write the ``unrecorded`` outcomes; close the pages still ``running`` as ``running_pages``
+    (a page that streamed text without its token counts makes the usage an estimate); derive the job's usage from
+    all its stored pages (``usage_of``); set its status, its end and the error (``reason`` names one of
+    ``CLOSE_REASONS``, or ``error_code``/``error_message`` are given). Only an open job is closed, so several
+    closers racing are harmless. Returns whether this call closed it.
+    """
+    if reason:
+        error_code, error_message = CLOSE_REASONS[reason]
+    now = timezone.now()
     with transaction.atomic():
+        job = OcrJob.objects.select_for_update().filter(pk=job_id).only("pk", "status", "prompt", "created_at").first()
+        if job is None or job.status not in JobStatus.open():
+            return False
         for outcome in unrecorded:
             _record_page(job_id=job_id, outcome=outcome)
+        if running_pages:
+            left = OcrPage.objects.filter(job_id=job_id, status="running")
+            left.exclude(text="").update(usage_estimated=True)
+            left.update(status=running_pages, error_code=error_code, error_message=error_message, finished_at=now)
+        pages = list(OcrPage.objects.filter(job_id=job_id))
+        totals = usage_of(pages, job.prompt)
+        if duration_ms is None:
+            ends = [page.finished_at for page in pages if page.finished_at is not None]
+            duration_ms = max(0, int(((max(ends) if ends else now) - job.created_at).total_seconds() * 1000))
+        fields: dict[str, object] = {"first_delta_ms": first_delta_ms} if first_delta_ms is not None else {}
         OcrJob.objects.filter(pk=job_id).update(
             status=status,
             prompt_tokens=totals.prompt_tokens,
@@ -213,15 +262,16 @@ def _finish_job(
             usage_estimated=totals.estimated,
             pages_done=totals.pages_done,
             pages_failed=totals.pages_failed,
-            first_delta_ms=first_delta_ms,
             duration_ms=duration_ms,
-            finished_at=timezone.now(),
+            finished_at=now,
             error_code=error_code,
             error_message=error_message[:2000],
+            **fields,
         )
+        return True
 
 
-job_finish = sync_to_async(_finish_job)
+job_close = sync_to_async(_close_job)
 
 
 def _discard_job(*, job_id: object) -> None:
@@ -251,12 +301,7 @@ def _claim_job(*, job_id: object) -> tuple[OcrJob | None, bool]:
             return None, False
         now = timezone.now()
         if job.cancel_requested_at is not None:
-            OcrJob.objects.filter(pk=job_id).update(
-                status=JobStatus.CANCELLED,
-                finished_at=now,
-                error_code="cancelled",
-                error_message="The job was cancelled: cancelled by its owner.",
-            )
+            _close_job(job_id=job_id, status=JobStatus.CANCELLED, reason="cancelled_by_owner")
             return None, False
         resumed = job.status == JobStatus.RUNNING or job.live_seq > 0 or job.pages.exists()
         job.status, job.worker, job.claimed_at = JobStatus.RUNNING, WORKER_ID, now
@@ -298,11 +343,9 @@ def _kept_pages(*, job_id: object) -> list[PageOutcome]:
 kept_pages = sync_to_async(_kept_pages)
 
 
-def _fail_job(*, job_id: object, error_code: str, error_message: str) -> None:
+def _fail_job(*, job_id: object, reason: str) -> None:
     """Close an open job that cannot run at all (its upload cannot be read): failed, with the reason."""
-    OcrJob.objects.filter(pk=job_id, status__in=JobStatus.open()).update(
-        status=JobStatus.FAILED, finished_at=timezone.now(), error_code=error_code, error_message=error_message
-    )
+    _close_job(job_id=job_id, status=JobStatus.FAILED, reason=reason)
 
 
 job_fail = sync_to_async(_fail_job)
@@ -314,14 +357,8 @@ def _request_cancel(*, job_id: object) -> str | None:
     (``ocr.live.request_cancel``); the recorded request covers a runner that subscribes only after it."""
     now = timezone.now()
     with transaction.atomic():
-        closed = OcrJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-            status=JobStatus.CANCELLED,
-            cancel_requested_at=now,
-            finished_at=now,
-            error_code="cancelled",
-            error_message="The job was cancelled: cancelled by its owner.",
-        )
-        if closed:
+        queued = OcrJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(cancel_requested_at=now)
+        if queued and _close_job(job_id=job_id, status=JobStatus.CANCELLED, reason="cancelled_by_owner"):
             return JobStatus.CANCELLED
         updated = OcrJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(cancel_requested_at=now)
         return JobStatus.RUNNING if updated else None
@@ -368,14 +405,9 @@ def _retry_failed_pages(*, job_id: object) -> int:
 job_retry_failed_pages = sync_to_async(_retry_failed_pages)
 
 
-def _abandon_job(*, job_id: object, error_code: str, error_message: str) -> None:
-    """Close a job that never started streaming (its client left before the first frame)."""
-    OcrJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-        status=JobStatus.CANCELLED,
-        finished_at=timezone.now(),
-        error_code=error_code,
-        error_message=error_message,
-    )
+def _abandon_job(*, job_id: object) -> None:
+    """Close a streaming request's job that never started (its client left before the first frame)."""
+    _close_job(job_id=job_id, status=JobStatus.CANCELLED, reason="client_gone")
 
 
 job_abandon = _abandon_job
@@ -412,20 +444,13 @@ live_pages_store = sync_to_async(_store_live_pages)
 def _close_live_job(*, job_id: object, seq: int, status_if_running: str) -> str:
     """Record a live job's last event ``seq``; if the pipeline did not close the job (it never started, or it
     crashed), close it and its running pages with ``status_if_running``. Returns the job's final status."""
-    now = timezone.now()
-    if status_if_running == JobStatus.CANCELLED:
-        code, message = "cancelled", "The job was cancelled."
-    else:
-        code, message = "internal_error", "The job stopped unexpectedly."
+    cancelled = status_if_running == JobStatus.CANCELLED
     with transaction.atomic():
-        OcrPage.objects.filter(job_id=job_id, status="running").update(
-            status="cancelled" if status_if_running == JobStatus.CANCELLED else "failed",
-            error_code=code,
-            error_message=message,
-            finished_at=now,
-        )
-        OcrJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-            status=status_if_running, finished_at=now, error_code=code, error_message=message
+        _close_job(
+            job_id=job_id,
+            status=status_if_running,
+            reason="cancelled_by_owner" if cancelled else "crashed",
+            running_pages="cancelled" if cancelled else "failed",
         )
         OcrJob.objects.filter(pk=job_id, live_seq__lt=seq).update(live_seq=seq)
         return OcrJob.objects.filter(pk=job_id).values_list("status", flat=True).first() or status_if_running
@@ -434,19 +459,27 @@ def _close_live_job(*, job_id: object, seq: int, status_if_running: str) -> str:
 live_job_close = sync_to_async(_close_live_job)
 
 
+class JobNotFinished(Exception):
+    """The job is queued or running: cancel it before deleting it."""
+
+
 def job_delete(*, job: OcrJob) -> None:
     """Remove a finished job from its owner's history: its pages (the text) and its uploaded file are deleted.
 
     The job row stays, marked deleted, because it is the usage ledger that quotas and the admin console read.
+    Raises ``JobNotFinished`` for a job still queued or running (its runner would write the pages again).
     """
     with transaction.atomic():
+        if (
+            not OcrJob.objects.filter(pk=job.pk)
+            .exclude(status__in=JobStatus.open())
+            .update(deleted_at=timezone.now(), upload="")
+        ):
+            raise JobNotFinished
         OcrPage.objects.filter(job=job).delete()
-        OcrJob.objects.filter(pk=job.pk).update(deleted_at=timezone.now(), upload="")
+        OcrJobEvents.objects.filter(job=job).delete()
     if job.upload:
         job.upload.storage.delete(job.upload.name)
-
-
-INTERRUPTED_MESSAGE = "The server stopped while the job ran; the pages that finished before are kept."
 
 
 def jobs_interrupt(*, job_ids: list[object]) -> int:
@@ -454,42 +487,13 @@ def jobs_interrupt(*, job_ids: list[object]) -> int:
     with the usage of the pages it recorded so far, and its pages still running fail with ``interrupted``.
 
     The tokens of a page that was still running are unknown (vLLM reports them when a page ends): such a page
-    keeps the text it stored (live browser jobs store it as it streams) and the job's usage is marked estimated.
-    A job that already ended is left alone, so several processes may recover the same jobs at once. Returns the
-    number of jobs closed.
+    keeps the text it stored and the job's usage is marked estimated. A job that already ended is left alone, so
+    several processes may recover the same jobs at once. Returns the number of jobs closed.
     """
-    closed = 0
-    for job_id in job_ids:
-        with transaction.atomic():
-            job = OcrJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).only("pk", "prompt", "created_at").first()
-            if job is None:
-                continue
-            now = timezone.now()
-            pages = list(OcrPage.objects.filter(job_id=job_id))
-            running = [page for page in pages if page.status == "running"]
-            finished = [page.finished_at for page in pages if page.finished_at is not None]
-            duration = (max(finished) if finished else now) - job.created_at
-            OcrPage.objects.filter(job_id=job_id, status="running").update(
-                status="failed", error_code="interrupted", error_message=INTERRUPTED_MESSAGE, finished_at=now
-            )
-            for page in running:
-                page.status = "failed"
-            spent = [page for page in pages if page.status != "cancelled" or page.completion_tokens]
-            closed += OcrJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-                status=JobStatus.INTERRUPTED,
-                prompt_tokens=sum(page.prompt_tokens for page in pages),
-                completion_tokens=sum(page.completion_tokens for page in pages),
-                completion_chars=sum(page.completion_chars for page in pages),
-                prompt_chars=len(job.prompt) * len(spent),
-                usage_estimated=any(page.usage_estimated for page in pages) or any(page.text for page in running),
-                pages_done=sum(1 for page in pages if page.status in ("done", "truncated")),
-                pages_failed=sum(1 for page in pages if page.status == "failed"),
-                finished_at=now,
-                duration_ms=max(0, int(duration.total_seconds() * 1000)),
-                error_code="interrupted",
-                error_message=INTERRUPTED_MESSAGE,
-            )
-    return closed
+    return sum(
+        _close_job(job_id=job_id, status=JobStatus.INTERRUPTED, reason="interrupted", running_pages="failed")
+        for job_id in job_ids
+    )
 
 
 def jobs_requeue(*, worker_id: str, job_ids: list[object]) -> int:

@@ -48,7 +48,7 @@ from ocr.fragments import LiveRenderer, page_view, usage_view
 from ocr.jobs import cancel_job, retry_failed_pages, submit_job
 from ocr.live import follow_job
 from ocr.models import JobSource, OcrJob
-from ocr.services import job_delete
+from ocr.services import JobNotFinished, job_delete
 from ocr.transports import sse_event
 
 PAGE_SIZE = 20
@@ -314,10 +314,11 @@ async def job_retry(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
 @page_owner_required
 def job_remove(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     job = _owned_job(request, job_id)
-    if not job.is_finished:
+    try:
+        job_delete(job=job)
+    except JobNotFinished:
         messages.error(request, _("Cancel the job before deleting it."))
         return redirect("ocr:job", job_id=job.pk)
-    job_delete(job=job)
     if request.htmx and request.POST.get("from") == "history":
         return HttpResponse("")
     messages.success(request, _("The job “%(name)s” was deleted.") % {"name": job.file_name})

@@ -30,7 +30,7 @@ from django.utils import timezone
 from accounts.models import ApiToken, UserLimits
 from accounts.tokens import token_create
 from ocr.models import JobStatus, OcrJob, WebhookAttempt, WebhookDelivery
-from ocr.services import JobTotals, PageOutcome, _create_job, _finish_job, _record_page
+from ocr.services import PageOutcome, _close_job, _create_job, _record_page
 from testing.documents import SAMPLES, make_numbered_pdf
 
 from .conftest import PASSWORD, Api, make_user
@@ -61,13 +61,11 @@ def finished_job(owner: Any, pages: int = 2) -> OcrJob:
         owner=owner, kind="pdf", source="api", file_name="book.pdf", content_type="application/pdf", data=data,
         prompt="Free OCR.", engine="openai", model="m", page_count=pages, keep_upload=True,
     )  # fmt: skip
-    totals = JobTotals()
     for number in range(1, pages + 1):
         outcome = PageOutcome(number=number, status="done", text=f"text of page {number}", prompt_tokens=10)
         outcome.started_at = outcome.finished_at = timezone.now()
         _record_page(job_id=job.pk, outcome=outcome)
-        totals.add(outcome, 9)
-    _finish_job(job_id=job.pk, status=JobStatus.DONE, totals=totals, unrecorded=[], first_delta_ms=1, duration_ms=2)
+    _close_job(job_id=job.pk, status=JobStatus.DONE, first_delta_ms=1, duration_ms=2)
     job.refresh_from_db()
     return job
 
