@@ -4,8 +4,8 @@ The text layer is drawn by reportlab (TrueType subset embedding with a ToUnicode
 viewers get the characters back, Chinese included) in text render mode 3 (neither filled nor stroked: invisible,
 yet selectable and searchable, as OCRmyPDF does). For a PDF upload, pikepdf (qpdf) puts each text page over the
 original page as a form XObject: the original content streams, images and fonts are copied as they are, never
-decoded or re-encoded. For an image upload, reportlab makes one page with the image (a JPEG is embedded as it is)
-and the text over it.
+decoded or re-encoded. For an image upload, the page is the image (a JPEG's own bytes, anything else lossless) with
+the text over it.
 
 Where the text goes: DeepSeek-OCR's grounding blocks, or the embedded engine's line boxes (both 0–999 of the page
 as the engine saw it, i.e. as displayed: crop box, rotation applied); for a page without boxes, its whole text is
@@ -199,9 +199,10 @@ def _saved(pdf) -> bytes:
 
 def searchable_pdf_from_image(data: bytes, text: PageText | None) -> bytes:
     """A one-page PDF: the image at its resolution (96 dpi when it has none) with the text over it."""
+    import zlib
+
+    import pikepdf
     from PIL import Image, ImageOps
-    from reportlab.lib.utils import ImageReader
-    from reportlab.pdfgen.canvas import Canvas
 
     from ocr.intake import flatten
 
@@ -209,19 +210,24 @@ def searchable_pdf_from_image(data: bytes, text: PageText | None) -> bytes:
         dpi = image.info.get("dpi") or (DEFAULT_IMAGE_DPI, DEFAULT_IMAGE_DPI)
         dpi_x, dpi_y = (float(value) if 30 <= float(value) <= 4800 else DEFAULT_IMAGE_DPI for value in dpi[:2])
         rotated = image.getexif().get(0x0112, 1) not in (0, 1)
-        if image.format == "JPEG" and not rotated and image.mode in ("RGB", "L", "CMYK"):
-            # reportlab embeds a JPEG's own bytes (DCTDecode): the page shows exactly the uploaded image.
-            source, (pixels_x, pixels_y) = ImageReader(io.BytesIO(data)), image.size
+        if image.format == "JPEG" and not rotated and image.mode in ("RGB", "L"):
+            # A JPEG's own bytes become the image (DCTDecode): the page shows exactly the uploaded image.
+            encoded, codec, colours = data, pikepdf.Name.DCTDecode, "RGB" if image.mode == "RGB" else "Gray"
+            pixels_x, pixels_y = image.size
         else:
             # What the engine saw (intake.py): upright, transparency on white; stored losslessly.
             upright = flatten(ImageOps.exif_transpose(image) if rotated else image)
-            source, (pixels_x, pixels_y) = ImageReader(upright), upright.size
+            encoded, codec, colours = zlib.compress(upright.tobytes(), 6), pikepdf.Name.FlateDecode, "RGB"
+            pixels_x, pixels_y = upright.size
     width, height = pixels_x / dpi_x * 72, pixels_y / dpi_y * 72
-    buffer = io.BytesIO()
-    canvas = Canvas(buffer, pagesize=(width, height), invariant=True, pageCompression=1)
-    canvas.drawImage(source, 0, 0, width=width, height=height)
-    if text is not None and text.blocks:
-        _draw_text(canvas, text, width, height)
-    canvas.showPage()
-    canvas.save()
-    return buffer.getvalue()
+    layer = _text_pages([(text or PageText(number=1, blocks=()), width, height)])
+    with pikepdf.open(io.BytesIO(layer)) as pdf:
+        page = pdf.pages[0]
+        picture = pikepdf.Stream(pdf, encoded)
+        picture.Type, picture.Subtype = pikepdf.Name.XObject, pikepdf.Name.Image
+        picture.Width, picture.Height, picture.BitsPerComponent = pixels_x, pixels_y, 8
+        picture.ColorSpace = pikepdf.Name("/Device" + colours)
+        picture.Filter = codec
+        name = page.add_resource(picture, pikepdf.Name.XObject, prefix="Im")
+        page.contents_add(f"q {width:.4f} 0 0 {height:.4f} 0 0 cm {name} Do Q\n".encode(), prepend=True)
+        return _saved(pdf)
