@@ -7,9 +7,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# OpenCV (RapidOCR's image code) needs GLib; ONNX Runtime needs OpenMP.
+# OpenCV (RapidOCR's image code) needs GLib; ONNX Runtime needs OpenMP; the searchable PDF's text layer needs a
+# TrueType font with Chinese (WenQuanYi Micro Hei, which covers Latin too).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libglib2.0-0 libgomp1 \
+    && apt-get install -y --no-install-recommends libglib2.0-0 libgomp1 fonts-wqy-microhei \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 --user-group app
 

@@ -35,14 +35,15 @@ worker: install
 run-fake-engine: install
 	exec $(BIN)/python -m testing.fake_vllm --host 127.0.0.1 --port $(FAKE_ENGINE_PORT)
 
-# Debian packages the tests use: a real Chromium, a real Prometheus, fonts for rendered test documents.
+# Debian packages the tests use: a real Chromium, a real Prometheus, fonts for rendered test documents (and the
+# searchable PDF's text layer), poppler's pdftotext to read that layer back as a reader's tool would.
 system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v promtool >/dev/null \
+	@if ! command -v chromium >/dev/null || ! command -v promtool >/dev/null || ! command -v pdftotext >/dev/null \
 	    || ! test -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc \
 	    || ! test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf; then \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=900 \
-	    install -y -q --no-install-recommends chromium prometheus fonts-dejavu-core fonts-wqy-microhei; \
+	    install -y -q --no-install-recommends chromium prometheus fonts-dejavu-core fonts-wqy-microhei poppler-utils; \
 	fi
 
 test: install system-deps

@@ -646,16 +646,40 @@ def job_api_paths() -> dict[str, Any]:
                     "summary": f"The job's result as {label}",
                     "parameters": job_id,
                     "responses": {
-                        "200": {"description": label, "content": {media: {"schema": {"type": "string"}}}},
+                        "200": {"description": label, "content": {media: {"schema": schema}}},
                         **errors(401, 404),
                     },
                 }
             }
-            for fmt, label, media in (
-                ("md", "Markdown", "text/markdown"),
-                ("txt", "plain text", "text/plain"),
-                ("json", "JSON (the job with its pages)", "application/json"),
+            for fmt, label, media, schema in (
+                ("md", "Markdown", "text/markdown", {"type": "string"}),
+                ("txt", "plain text", "text/plain", {"type": "string"}),
+                ("json", "JSON (the job with its pages)", "application/json", {"type": "string"}),
             )
+        },
+        "/api/jobs/{job_id}/result.pdf": {
+            "get": {
+                "operationId": "job_result_pdf",
+                "tags": ["jobs"],
+                "summary": "The job's result as a searchable PDF",
+                "description": (
+                    "The uploaded pages (a PDF's own pages, not re-encoded; an image as one page) with the recognised "
+                    "text as an invisible, selectable and searchable layer, placed on the recognised boxes (the "
+                    "embedded engine's lines, DeepSeek-OCR's grounding blocks, or one block per page)."
+                ),
+                "parameters": job_id,
+                "responses": {
+                    "200": {
+                        "description": "A PDF.",
+                        "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    **errors(401, 404),
+                    "409": error(
+                        409, "The uploaded file was deleted, so there are no pages to put the text on (`upload_gone`)."
+                    ),
+                    "503": error(503, "The server has no font for the text layer (`pdf_font_missing`)."),
+                },
+            }
         },
     }
 

@@ -1,4 +1,5 @@
-"""A job's result as a file: Markdown, plain text or JSON, the same for the browser's downloads and the API."""
+"""A job's result as a file: Markdown, plain text, JSON or a searchable PDF, the same for the browser's downloads and
+the API."""
 
 from __future__ import annotations
 
@@ -7,17 +8,33 @@ from dataclasses import dataclass
 
 from django.http import HttpResponse
 from django.utils.http import content_disposition_header
+from django.utils.translation import gettext as _
 
-from ocr import selectors
+from ocr import searchable_pdf, selectors
+from ocr.errors import OcrError
 from ocr.models import OcrJob
 from ocr.rendering import render_page
 
-FORMATS = ("md", "txt", "json")
+FORMATS = ("md", "txt", "json", "pdf")
+
+
+class ExportUnavailable(OcrError):
+    """The format needs the uploaded file, which is gone (deleted after the retention period, or lost).
+
+    ``message`` is the API's English; ``user_message`` is for the browser, in the user's language.
+    """
+
+    status = 409
+    code = "upload_gone"
+
+    def __init__(self, message: str, *, user_message: str, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, code=code, status=status)
+        self.user_message = user_message
 
 
 @dataclass(frozen=True, slots=True)
 class Export:
-    body: str
+    body: str | bytes
     content_type: str
     file_name: str
 
@@ -31,6 +48,12 @@ class Export:
 def export_job(job: OcrJob, fmt: str) -> Export:
     """The result of ``job`` in ``fmt`` (one of ``FORMATS``). Reads its pages: call it off the event loop."""
     pages = list(job.pages.order_by("number"))
+    if fmt == "pdf":
+        return Export(
+            body=_searchable_pdf(job, pages),
+            content_type="application/pdf",
+            file_name=download_name(job.file_name, "pdf"),
+        )
     rendered = [(page, render_page(page.text, page.layout)) for page in pages]
     if fmt == "json":
         data = selectors.job_as_dict(job, pages=pages)
@@ -47,6 +70,45 @@ def export_job(job: OcrJob, fmt: str) -> Export:
         body = _joined(job, [(page.number, page_render.plain) for page, page_render in rendered], markdown=False)
         content_type = "text/plain; charset=utf-8"
     return Export(body=body, content_type=content_type, file_name=download_name(job.file_name, fmt))
+
+
+def _searchable_pdf(job: OcrJob, pages: list) -> bytes:
+    if not job.upload or job.upload_expired_at is not None:
+        raise ExportUnavailable(
+            "The uploaded file of this job was deleted, so there is no searchable PDF; the text is still there as "
+            "Markdown, plain text or JSON.",
+            user_message=_gone_message(),
+        )
+    try:
+        with job.upload.open("rb") as file:
+            original = file.read()
+    except OSError:
+        raise ExportUnavailable(
+            "The uploaded file of this job cannot be read, so there is no searchable PDF; the text is still there "
+            "as Markdown, plain text or JSON.",
+            user_message=_gone_message(),
+        ) from None
+    texts = [
+        searchable_pdf.page_text(page.number, page.text, page.layout)
+        for page in pages
+        # A page read from the PDF's own text layer is searchable already: a second layer would double its text.
+        if page.source != "text_layer"
+    ]
+    try:
+        if job.kind == "pdf":
+            return searchable_pdf.searchable_pdf_from_pdf(original, texts)
+        return searchable_pdf.searchable_pdf_from_image(original, texts[0] if texts else None)
+    except searchable_pdf.FontMissingError as error:
+        raise ExportUnavailable(
+            str(error),
+            user_message=_("This server has no font for the PDF's text layer; ask its administrator."),
+            code="pdf_font_missing",
+            status=503,
+        ) from None
+
+
+def _gone_message() -> str:
+    return _("The uploaded file was deleted, so there is no searchable PDF. The text can still be downloaded.")
 
 
 def _joined(job: OcrJob, texts: list[tuple[int, str]], *, markdown: bool) -> str:

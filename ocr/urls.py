@@ -4,7 +4,7 @@ from ocr import views
 
 
 class DownloadFormat:
-    regex = "md|txt|json"
+    regex = "md|txt|json|pdf"
 
     def to_python(self, value: str) -> str:
         return value

@@ -42,7 +42,7 @@ from myocr import startup
 from ocr import intake, selectors
 from ocr.config import ocr_config
 from ocr.errors import OcrError
-from ocr.exports import export_job
+from ocr.exports import ExportUnavailable, export_job
 from ocr.forms import EMBEDDED_CANNOT, PRESETS, UploadForm
 from ocr.fragments import LiveRenderer, page_view, usage_view
 from ocr.jobs import cancel_job, retry_failed_pages, submit_job
@@ -328,7 +328,12 @@ def job_remove(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
 @require_GET
 @page_owner_required
 def job_download(request: HttpRequest, job_id: uuid.UUID, fmt: str) -> HttpResponse:
-    return export_job(_owned_job(request, job_id), fmt).response()
+    job = _owned_job(request, job_id)
+    try:
+        return export_job(job, fmt).response()
+    except ExportUnavailable as error:
+        messages.error(request, error.user_message)
+        return redirect("ocr:job", job.pk)
 
 
 @require_GET
