@@ -394,6 +394,7 @@ class JobRun:
                 job_close(
                     job_id=self.job.pk,
                     status=status,
+                    totals=self.totals,
                     unrecorded=unrecorded,
                     first_delta_ms=self._first_delta_ms,
                     duration_ms=duration_ms,

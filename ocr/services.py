@@ -222,6 +222,7 @@ def _close_job(
     error_message: str = "",
     unrecorded: Iterable[PageOutcome] = (),
     running_pages: str = "",
+    totals: JobTotals | None = None,
     first_delta_ms: int | None = None,
     duration_ms: int | None = None,
 ) -> bool:
@@ -229,46 +230,50 @@ def _close_job(
     frame, a crashed runner, a dead process, a cancelled queued job, an unreadable upload.
 
     In one transaction: write the ``unrecorded`` outcomes; close the pages still ``running`` as ``running_pages``
-    (a page that streamed text without its token counts makes the usage an estimate); derive the job's usage from
-    all its stored pages (``usage_of``); set its status, its end and the error (``reason`` names one of
-    ``CLOSE_REASONS``, or ``error_code``/``error_message`` are given). Only an open job is closed, so several
+    (a page that streamed text without its token counts makes the usage an estimate); set the job's usage, its
+    status, its end and the error (``reason`` names one of ``CLOSE_REASONS``, or ``error_code``/``error_message``
+    are given). The usage is ``JobTotals.add`` folded over the pages: the pipeline passes the ``totals`` it folded
+    as its pages ended (the same figures, without reading them back: the streaming path's one query less); every
+    other closer has them folded from the stored pages (``usage_of``). Only an open job is closed, so several
     closers racing are harmless. Returns whether this call closed it.
     """
     if reason:
         error_code, error_message = CLOSE_REASONS[reason]
     now = timezone.now()
     with transaction.atomic():
-        job = OcrJob.objects.select_for_update().filter(pk=job_id).only("pk", "status", "prompt", "created_at").first()
-        if job is None or job.status not in JobStatus.open():
-            return False
         for outcome in unrecorded:
             _record_page(job_id=job_id, outcome=outcome)
         if running_pages:
             left = OcrPage.objects.filter(job_id=job_id, status="running")
             left.exclude(text="").update(usage_estimated=True)
             left.update(status=running_pages, error_code=error_code, error_message=error_message, finished_at=now)
-        pages = list(OcrPage.objects.filter(job_id=job_id))
-        totals = usage_of(pages, job.prompt)
-        if duration_ms is None:
-            ends = [page.finished_at for page in pages if page.finished_at is not None]
-            duration_ms = max(0, int(((max(ends) if ends else now) - job.created_at).total_seconds() * 1000))
+        if totals is None or duration_ms is None:
+            job = OcrJob.objects.filter(pk=job_id).only("pk", "prompt", "created_at").first()
+            if job is None:
+                return False
+            pages = list(OcrPage.objects.filter(job_id=job_id))
+            totals = totals or usage_of(pages, job.prompt)
+            if duration_ms is None:
+                ends = [page.finished_at for page in pages if page.finished_at is not None]
+                duration_ms = max(0, int(((max(ends) if ends else now) - job.created_at).total_seconds() * 1000))
         fields: dict[str, object] = {"first_delta_ms": first_delta_ms} if first_delta_ms is not None else {}
-        OcrJob.objects.filter(pk=job_id).update(
-            status=status,
-            prompt_tokens=totals.prompt_tokens,
-            completion_tokens=totals.completion_tokens,
-            completion_chars=totals.completion_chars,
-            prompt_chars=totals.prompt_chars,
-            usage_estimated=totals.estimated,
-            pages_done=totals.pages_done,
-            pages_failed=totals.pages_failed,
-            duration_ms=duration_ms,
-            finished_at=now,
-            error_code=error_code,
-            error_message=error_message[:2000],
-            **fields,
+        return bool(
+            OcrJob.objects.filter(pk=job_id, status__in=JobStatus.open()).update(
+                status=status,
+                prompt_tokens=totals.prompt_tokens,
+                completion_tokens=totals.completion_tokens,
+                completion_chars=totals.completion_chars,
+                prompt_chars=totals.prompt_chars,
+                usage_estimated=totals.estimated,
+                pages_done=totals.pages_done,
+                pages_failed=totals.pages_failed,
+                duration_ms=duration_ms,
+                finished_at=now,
+                error_code=error_code,
+                error_message=error_message[:2000],
+                **fields,
+            )
         )
-        return True
 
 
 job_close = sync_to_async(_close_job)
