@@ -212,9 +212,12 @@ LLM_BASE_URL = env_str("LLM_BASE_URL")
 LLM_API_KEY = env_str("LLM_API_KEY", "EMPTY")
 LLM_MODEL = env_str("LLM_MODEL", "deepseek-ai/DeepSeek-OCR")
 LLM_PROMPT = env_str("LLM_PROMPT", "Free OCR.")
-# DeepSeek-OCR's context is 8192 tokens and an image takes up to ~933 of them, so the output budget must stay
-# well below 7,200 or vLLM refuses the request.
-LLM_MAX_TOKENS = env_int("LLM_MAX_TOKENS", 4096, minimum=16, maximum=8000)
+# An upper bound: each request asks for at most what the context leaves after that page's prompt
+# (ocr/engines/profiles.py), so it may be as high as the context.
+LLM_MAX_TOKENS = env_int("LLM_MAX_TOKENS", 4096, minimum=16, maximum=1_000_000)
+LLM_MODEL_PROFILE = env_choice("LLM_MODEL_PROFILE", "auto", ("auto", "deepseek-ocr", "deepseek-ocr-2", "generic"))
+# A page whose text ends in this many characters of one repeated unit is a repetition loop (0: no detection).
+LLM_LOOP_CHARS = env_int("LLM_LOOP_CHARS", 2000, minimum=0)
 LLM_NGRAM_SIZE = env_int("LLM_NGRAM_SIZE", 30, minimum=0)
 LLM_NGRAM_WINDOW = env_int("LLM_NGRAM_WINDOW", 90, minimum=1)
 # <td> and </td> may repeat in tables. Servers older than vLLM PR #27560 reject list values: set it empty.

@@ -49,6 +49,10 @@ class OcrConfig:
     llm_base_urls: tuple[str, ...] = ()
     #: "auto": a PDF page with a trusted text layer is read from it; "ocr": every page is OCRed.
     pdf_text_layer: str = "auto"
+    #: ``LLM_MODEL_PROFILE``: a profile of ``ocr.engines.profiles``, or "auto" (from the model's name).
+    model_profile: str = "auto"
+    #: ``LLM_LOOP_CHARS``: the length of a repeated tail that makes a repetition loop (0: no detection).
+    loop_chars: int = 2000
 
 
 def resolve_engine_name(choice: str, base_url: str) -> str:
@@ -109,6 +113,8 @@ def ocr_config() -> OcrConfig:
         engine_retries=settings.OCR_ENGINE_RETRIES,
         engine_retry_seconds=settings.OCR_ENGINE_RETRY_SECONDS,
         pdf_text_layer=settings.OCR_PDF_TEXT_LAYER,
+        model_profile=settings.LLM_MODEL_PROFILE,
+        loop_chars=settings.LLM_LOOP_CHARS,
     )
 
 

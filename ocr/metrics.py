@@ -269,3 +269,52 @@ def engine_server_state(*, server: str, up: bool, ejected: bool = False) -> None
     OCR_ENGINE_SERVER_UP.labels(server).set(1 if up else 0)
     if ejected:
         OCR_ENGINE_SERVER_EJECTIONS.labels(server).inc()
+
+
+# --- Model profiles and repetition loops (ocr/engines/profiles.py, ocr/engines/loops.py) ---
+# ``profile`` is one of the fixed profile names (deepseek-ocr, deepseek-ocr-2, generic), never the raw model name.
+PROFILES = ("deepseek-ocr", "deepseek-ocr-2", "generic")
+ENGINE_ENDINGS = ("stop", "length", "loop")
+LOOP_STAGES = ("stream", "length")
+LOOP_RETRY_RESULTS = ("recovered", "looped", "failed", "skipped")
+OCR_ENGINE_MODEL = Gauge(
+    "ocr_engine_model_info",
+    "1 for the model profile the vLLM engine uses, with LLM_MODEL as configured.",
+    ["profile", "model"],
+    multiprocess_mode="max",
+)
+OCR_ENGINE_COMPLETIONS = Counter(
+    "ocr_engine_completions",
+    "vLLM requests that produced a page's text, by model profile and how they ended: stop, length (the token "
+    "limit) or loop (stopped early in a repetition loop). A retried page counts each request.",
+    ["profile", "finish_reason"],
+)
+OCR_ENGINE_LOOPS = Counter(
+    "ocr_engine_loops",
+    "Repetition loops found, by model profile and where: stream (the request was stopped early) or length (found "
+    "in the text of a request that ran to its token limit).",
+    ["profile", "stage"],
+)
+OCR_ENGINE_LOOP_RETRIES = Counter(
+    "ocr_engine_loop_retries",
+    "Pages asked again after a repetition loop, by model profile and result: recovered, looped (again: the page "
+    "ends truncated), failed (the retry failed: the first text is kept), skipped (no other strategy to try).",
+    ["profile", "result"],
+)
+
+
+def engine_model(*, profile: str, model: str) -> None:
+    OCR_ENGINE_MODEL.clear()
+    OCR_ENGINE_MODEL.labels(_known(profile, PROFILES), model).set(1)
+
+
+def engine_completion(*, profile: str, finish_reason: str) -> None:
+    OCR_ENGINE_COMPLETIONS.labels(_known(profile, PROFILES), _known(finish_reason, ENGINE_ENDINGS)).inc()
+
+
+def engine_loop(*, profile: str, stage: str) -> None:
+    OCR_ENGINE_LOOPS.labels(_known(profile, PROFILES), _known(stage, LOOP_STAGES)).inc()
+
+
+def engine_loop_retry(*, profile: str, result: str) -> None:
+    OCR_ENGINE_LOOP_RETRIES.labels(_known(profile, PROFILES), _known(result, LOOP_RETRY_RESULTS)).inc()

@@ -355,7 +355,7 @@ class JobRun:
         if completion.finish_reason == "length":
             outcome.status = PageStatus.TRUNCATED
             outcome.error_code = errors.ENGINE_CUT_OFF
-            outcome.error_message = (
+            outcome.error_message = completion.note or (
                 f"The engine stopped at its token limit after {completion.completion_tokens} tokens; the "
                 "text of this page is incomplete (often a repetition loop)."
             )

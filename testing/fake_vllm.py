@@ -26,7 +26,8 @@ Control endpoints for out-of-process use (not part of vLLM, never behind the API
 Deliberate simplifications (each documented where it is implemented):
 
 - Text tokens are estimated as ``ceil(len(text) / 3)``; image tokens are exact (Gundam
-  mode, as upstream vLLM hard-codes it).
+  mode, as upstream vLLM hard-codes it; DeepSeek-OCR 2's own count when the served
+  model's ``root`` names it, e.g. ``FakeVllm(model="deepseek-ai/DeepSeek-OCR-2")``).
 - Only ``data:image/...;base64,`` image URLs are accepted; ``http(s)`` URLs are rejected
   with 400 "remote images disabled in fake", so tests never reach the network.
 - ``logprobs``, ``n``, ``stop``, ``continuous_usage_stats`` and sampling parameters are
@@ -92,7 +93,9 @@ __all__ = [
     "FakeVllmThread",
     "estimate_text_tokens",
     "image_token_count",
+    "is_ocr2",
     "main",
+    "ocr2_image_token_count",
 ]
 
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR"
@@ -119,8 +122,9 @@ _TOO_MANY_PLACEHOLDERS = (
 # Token accounting
 
 
-def image_token_count(width: int, height: int) -> int:
-    """Prompt tokens vLLM counts for one image of ``width`` x ``height`` pixels.
+def image_token_count(width: int, height: int, model: str = DEFAULT_MODEL) -> int:
+    """Prompt tokens vLLM counts for one image of ``width`` x ``height`` pixels (for DeepSeek-OCR 2 when
+    ``model`` names it, see :func:`ocr2_image_token_count`).
 
     Upstream vLLM hard-codes DeepSeek-OCR's "Gundam" mode: a 1024x1024 global view gives
     16 x (16 + 1) = 272 tokens plus one view separator; an image larger than 640 pixels in
@@ -128,10 +132,30 @@ def image_token_count(width: int, height: int) -> int:
     chosen by closest aspect ratio, adding (10h) x (10w + 1) tokens. Totals range from 273
     to 933.
     """
+    if is_ocr2(model):
+        return ocr2_image_token_count(width, height)
     if width <= 640 and height <= 640:
         return 273
     tiles_w, tiles_h = _closest_grid(width, height)
     return 273 + (10 * tiles_h) * (10 * tiles_w + 1)
+
+
+def ocr2_image_token_count(width: int, height: int) -> int:
+    """DeepSeek-OCR 2 (official ``DeepSeek-OCR2-vllm/process/image_process.py``): a 1024x1024
+    global view of 16 x 16 = 256 tokens plus one separator; an image larger than 768 pixels
+    in either dimension adds 2 to 6 tiles of 768x768 (grid by closest aspect ratio, as v1)
+    of 12 x 12 = 144 tokens each, with no per-row newline tokens: 257 to 1,121.
+    """
+    if width <= 768 and height <= 768:
+        return 257
+    tiles_w, tiles_h = _closest_grid(width, height, tile=768)
+    return 257 + 144 * tiles_w * tiles_h
+
+
+def is_ocr2(model: str) -> bool:
+    """Whether a model name or path (``deepseek-ai/DeepSeek-OCR-2``) is DeepSeek-OCR 2."""
+    name = model.lower().replace("_", "-")
+    return "deepseek-ocr-2" in name or "deepseek-ocr2" in name
 
 
 @functools.cache
@@ -140,14 +164,14 @@ def _grids() -> tuple[tuple[int, int], ...]:
     return tuple(sorted(grids, key=lambda g: g[0] * g[1]))
 
 
-def _closest_grid(width: int, height: int) -> tuple[int, int]:
+def _closest_grid(width: int, height: int, tile: int = 640) -> tuple[int, int]:
     aspect = width / height
     best, best_diff = (1, 1), math.inf
     for grid in _grids():
         diff = abs(aspect - grid[0] / grid[1])
         if diff < best_diff:
             best, best_diff = grid, diff
-        elif diff == best_diff and width * height > 0.5 * 640 * 640 * grid[0] * grid[1]:
+        elif diff == best_diff and width * height > 0.5 * tile * tile * grid[0] * grid[1]:
             # Same tie-break as DeepSeek-OCR's preprocessing: large images prefer more tiles.
             best = grid
     return best
@@ -197,6 +221,9 @@ class Behaviour:
     stall_seconds: float = 0.0
     #: Overrides the request's ``stream_options.include_usage`` (``False``: never send usage).
     include_usage: bool | None = None
+    #: A repetition loop: after the text (``text`` or the sample of ``tokens``), this text
+    #: repeats until ``max_tokens``, which ends the request with ``"length"``.
+    loop: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("tokens", "chunk_tokens", "error_after", "drop_after", "stall_after", "fail_status"):
@@ -211,7 +238,7 @@ class Behaviour:
             raise ValueError("Behaviour.chunk_tokens must be at least 1")
         if self.fail_status is not None and not 400 <= self.fail_status <= 599:
             raise ValueError(f"Behaviour.fail_status must be an HTTP error status, got {self.fail_status}")
-        for name in ("text", "finish_reason", "fail_message", "fail_type"):
+        for name in ("text", "finish_reason", "fail_message", "fail_type", "loop"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"Behaviour.{name} must be a string or None, got {value!r}")
@@ -322,7 +349,7 @@ def _optional_bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
     return value
 
 
-def _load_image(url: str) -> dict[str, Any]:
+def _load_image(url: str, model: str = DEFAULT_MODEL) -> dict[str, Any]:
     """Decode a data URL the way vLLM's MediaConnector does and measure the image."""
     if url.startswith(("http://", "https://")):
         # The fake never fetches remote media: tests must not depend on the network.
@@ -352,11 +379,13 @@ def _load_image(url: str) -> dict[str, Any]:
         "media_type": media_type,
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
-        "tokens": image_token_count(width, height),
+        "tokens": image_token_count(width, height, model),
     }
 
 
-def _render_content(content: Any, loc: tuple[str | int, ...], images: list[dict[str, Any]]) -> str:
+def _render_content(
+    content: Any, loc: tuple[str | int, ...], images: list[dict[str, Any]], model: str = DEFAULT_MODEL
+) -> str:
     """One message's text as vLLM's "string" content format renders it for DeepSeek-OCR.
 
     Text parts are joined with newlines; for each image without a ``<image>`` in the text
@@ -390,7 +419,7 @@ def _render_content(content: Any, loc: tuple[str | int, ...], images: list[dict[
             url = image_url.get("url") if isinstance(image_url, dict) else image_url
             if not isinstance(url, str):
                 raise _schema_error((*part_loc, "image_url", "url"), "Field required", "missing", image_url)
-            images.append(_load_image(url))
+            images.append(_load_image(url, model))
             message_images += 1
         elif part_type in ("audio_url", "input_audio", "video_url", "image_embeds", "image_pil"):
             raise _ApiError(400, "Only image modality is supported")
@@ -500,8 +529,11 @@ def _output_for(chat: _Chat, behaviour: Behaviour) -> _Output:
     else:
         grounded = sample.GROUNDING in chat.prompt
         source = sample.document_tokens(behaviour.tokens, grounded=grounded)
-    available = len(source)
     limit = chat.max_tokens
+    if behaviour.loop:
+        unit = _text_tokens(behaviour.loop)
+        source = source + unit * (max(0, limit - len(source)) // len(unit) + 1)
+    available = len(source)
     reason = behaviour.finish_reason
     if reason is None:
         if available + 1 <= limit:
@@ -1362,7 +1394,10 @@ class FakeVllm:
         # DeepSeek-OCR's chat template: optional leading system message, then strictly
         # alternating user/assistant contents concatenated after BOS with no separators.
         images: list[dict[str, Any]] = []
-        rendered = [_render_content(m.get("content"), ("messages", i), images) for i, m in enumerate(messages)]
+        # The image token count is the served model's: ``root`` is its real name under --served-model-name.
+        rendered = [
+            _render_content(m.get("content"), ("messages", i), images, self.root) for i, m in enumerate(messages)
+        ]
         turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
         for index, message in enumerate(turns):
             if (message["role"] == "user") != (index % 2 == 0):

@@ -93,7 +93,7 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
         copy.write_text(yaml.safe_dump(config))
         full = run(tool("promtool"), "check", "config", str(copy))
         assert full.returncode == 0, full.stdout + full.stderr
-        assert "SUCCESS: 10 rules found" in full.stdout
+        assert "SUCCESS: 11 rules found" in full.stdout
 
 
 def test_prometheus_scrapes_the_app_and_the_engine() -> None:
@@ -133,6 +133,7 @@ def test_every_alert_has_a_unit_test() -> None:
         "MyOcrApiLatencyHigh",
         "OcrPagesCutOff",
         "OcrJobsNotTaken",
+        "OcrRepetitionLoops",
     }
     assert alerts <= fired, f"alerts never shown firing: {alerts - fired}"
 
@@ -595,7 +596,7 @@ def test_alert_rules_load_and_evaluate_in_prometheus(prometheus: Prometheus) -> 
     def evaluated() -> bool:
         groups = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
-        assert len(rules) == 10
+        assert len(rules) == 11
         assert all(rule["health"] == "ok" for rule in rules), [r for r in rules if r["health"] != "ok"]
         return all(rule.get("lastEvaluation", "").startswith("20") for rule in rules)
 

@@ -45,6 +45,9 @@ class Completion:
     layout: list[dict] | None = field(default=None)
     #: How the text was read: "ocr", or "text_layer" for a PDF page read from its own text.
     source: str = "ocr"
+    #: Why a page that ended at ``"length"`` is incomplete, when the engine knows better than "the token limit"
+    #: (a repetition loop it stopped and cut); shown as the page's error message.
+    note: str = ""
 
 
 class DeltaCallback(Protocol):

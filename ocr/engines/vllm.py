@@ -10,6 +10,11 @@ about 8× more CPU per token.
 
 ``LLM_BASE_URL`` may name several servers; each request goes to the one ``ocr.engines.servers`` chooses, and how
 it ended (answered, failed transiently, timed out) is reported back so a failing server is left out for a while.
+
+The model's profile (``ocr.engines.profiles``) sizes each request's ``max_tokens`` to what the context leaves
+after that page's prompt. The text is watched for repetition loops (``ocr.engines.loops``): a looping request is
+stopped early, its repeated tail cut, and the page asked once more with another strategy (stricter n-gram
+arguments, or the model's plain prompt when the server runs without them); the better of the two texts is kept.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -27,9 +33,11 @@ import httpx2
 import openai
 import orjson
 
-from ocr import pacing
+from ocr import metrics, pacing
 from ocr.config import OcrConfig
 from ocr.engines.base import Completion, DeltaCallback, Engine, PageImage
+from ocr.engines.loops import Loop, LoopDetector
+from ocr.engines.profiles import GENERIC, ModelProfile, choose_profile, profile_for_model
 from ocr.engines.servers import Server, ServerPool, Ticket
 from ocr.errors import (
     ENGINE_BAD_REQUEST,
@@ -42,6 +50,33 @@ from ocr.errors import (
 logger = logging.getLogger(__name__)
 
 RETRY_DELAYS = (0.25, 1.0)  # before the first token only: the request never reached the GPU
+#: The n-gram arguments of a retry after a loop: DeepSeek's PDF script's n-gram size, and a window that spans
+#: several copies of the repeated unit, which the first request's window (90 tokens) may not have covered.
+RETRY_NGRAM_SIZE = 20
+RETRY_WINDOW_MAX = 1024
+
+
+@dataclass(slots=True)
+class Strategy:
+    """How a retried page's request differs from the first one."""
+
+    name: str  # "ngram" or "prompt"
+    description: str
+    prompt: str | None = None
+    xargs: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One request's result: its completion, its text and the loop found in it (if any)."""
+
+    completion: Completion
+    text: str
+    loop: Loop | None
+
+    @property
+    def clean(self) -> str:
+        return self.text if self.loop is None else self.loop.clean(self.text)
 
 
 class SseStream:
@@ -140,6 +175,17 @@ class VllmEngine(Engine):
         super().__init__(concurrency=config.engine_concurrency)
         self.model = config.llm_model
         self.config = config
+        self.profile: ModelProfile = choose_profile(config.model_profile, config.llm_model)
+        #: vLLM's ``max_model_len``: the profile's, until ``warm_up`` reads the server's own.
+        self.context = self.profile.context
+        if self.profile is GENERIC and config.model_profile == "auto":
+            logger.warning(
+                "LLM_MODEL=%s is not a model this app knows (DeepSeek-OCR, DeepSeek-OCR 2): using the generic "
+                "profile (the largest known image token count, no grounding). If it is one of them under another "
+                "name, set LLM_MODEL_PROFILE; with OCR_WARMUP the name vLLM reports is tried too.",
+                config.llm_model,
+            )
+        metrics.engine_model(profile=self.profile.name, model=self.model)
         self.servers = ServerPool(config.llm_base_urls or (config.llm_base_url,))
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clients] = weakref.WeakKeyDictionary()
 
@@ -174,9 +220,11 @@ class VllmEngine(Engine):
         # The server that failed is left out now: if another one takes requests, retry there at once.
         return 0.0 if len(self.servers.servers) > 1 and self.servers.has_available() else delay
 
-    def request_body(self, page: PageImage, prompt: str) -> dict[str, Any]:
-        """The JSON body of the chat-completion request for one page."""
+    def request_body(self, page: PageImage, prompt: str, strategy: Strategy | None = None) -> dict[str, Any]:
+        """The JSON body of the chat-completion request for one page (changed by a retry's ``strategy``)."""
         assert page.data is not None and page.mime is not None
+        if strategy is not None and strategy.prompt is not None:
+            prompt = strategy.prompt
         image_url = f"data:{page.mime};base64,{base64.b64encode(page.data).decode('ascii')}"
         body: dict[str, Any] = {
             "model": self.model,
@@ -190,7 +238,7 @@ class VllmEngine(Engine):
                 }
             ],
             "temperature": 0.0,
-            "max_tokens": self.config.max_tokens,
+            "max_tokens": self.max_tokens(page, prompt),
             "stream": True,
             "stream_options": {"include_usage": True},
             "skip_special_tokens": False,
@@ -200,7 +248,32 @@ class VllmEngine(Engine):
             if self.config.ngram_whitelist:
                 xargs["whitelist_token_ids"] = list(self.config.ngram_whitelist)
             body["vllm_xargs"] = xargs
+        if strategy is not None and strategy.xargs is not None:
+            body["vllm_xargs"] = strategy.xargs
         return body
+
+    def max_tokens(self, page: PageImage, prompt: str) -> int:
+        """``LLM_MAX_TOKENS``, or what the context leaves after this page's prompt if that is less."""
+        return self.profile.max_tokens(self.config.max_tokens, page.width, page.height, prompt, self.context)
+
+    def retry_strategy(self, prompt: str, loop: Loop) -> Strategy | None:
+        """How to ask again for a page that looped: stricter n-gram arguments when the server runs DeepSeek's
+        n-gram processor (same image, same prompt, so the same kind of text), else the model's plain prompt."""
+        config = self.config
+        if config.ngram_size:
+            # The window must hold several copies of the unit for the ban to see it repeat; a unit of n
+            # characters is at most n tokens.
+            window = min(RETRY_WINDOW_MAX, max(3 * config.ngram_window, 2 * loop.period))
+            xargs: dict[str, Any] = {"ngram_size": min(config.ngram_size, RETRY_NGRAM_SIZE), "window_size": window}
+            if config.ngram_whitelist:
+                xargs["whitelist_token_ids"] = list(config.ngram_whitelist)
+            return Strategy(
+                "ngram", f"a stricter repetition ban (n-gram {xargs['ngram_size']}, window {window})", xargs=xargs
+            )
+        plain = self.profile.plain_prompt
+        if prompt.strip() != plain:
+            return Strategy("prompt", f"the plain prompt “{plain}”", prompt=plain)
+        return None
 
     @contextlib.asynccontextmanager
     async def open_stream(self, payload: bytes, server: Server | None = None) -> AsyncIterator[httpx2.Response]:
@@ -224,9 +297,86 @@ class VllmEngine(Engine):
             await response.aclose()
 
     async def recognise(self, page: PageImage, prompt: str, on_delta: DeltaCallback) -> Completion:
+        first = await self._attempt(page, prompt, on_delta)
+        if first.loop is None:
+            return first.completion
+        loop = first.loop
+        profile = self.profile.name
+        found = f"The engine fell into a repetition loop ({loop.describe(first.text)})"
+        stopped = "stopped early" if first.completion.finish_reason == "loop" else "at its token limit"
+        on_delta(first.clean, reset=True)
+        strategy = self.retry_strategy(prompt, loop)
+        if strategy is None:
+            metrics.engine_loop_retry(profile=profile, result="skipped")
+            return _looped(first.completion, f"{found}, {stopped}; the repeated text was cut.")
+        logger.info("page %s looped (%s); asking again with %s", page.number, loop, strategy.name)
+        # The retry's text replaces the first's as it streams; the first is put back if it stays the better one.
+        replaced = False
+
+        def retry_delta(text: str, *, reset: bool = False) -> None:
+            nonlocal replaced
+            on_delta(text, reset=reset or not replaced)
+            replaced = True
+
+        try:
+            second = await self._attempt(page, prompt, retry_delta, strategy)
+        except EngineError as exc:
+            metrics.engine_loop_retry(profile=profile, result="failed")
+            if replaced:
+                on_delta(first.clean, reset=True)
+            return _looped(
+                first.completion,
+                f"{found}, {stopped}; the repeated text was cut. Asking again with {strategy.description} "
+                f"failed: {exc.message}",
+            )
+        total = _sum(first.completion, second.completion)
+        if second.loop is None and second.completion.finish_reason == "stop":
+            metrics.engine_loop_retry(profile=profile, result="recovered")
+            return total
+        metrics.engine_loop_retry(profile=profile, result="looped")
+        better = second if len(second.clean) > len(first.clean) else first
+        on_delta(better.clean, reset=True)
+        why = "looped again" if second.loop is not None else "ran to its token limit"
+        return _looped(
+            total,
+            f"{found}, {stopped}; the repeated text was cut. Asked again with {strategy.description}, it {why}: "
+            "the text of this page may be incomplete.",
+        )
+
+    async def _attempt(
+        self, page: PageImage, prompt: str, on_delta: DeltaCallback, strategy: Strategy | None = None
+    ) -> Attempt:
+        """One request for the page, watched for a loop; the looping tail is not cut here (the caller does)."""
+        detector = LoopDetector(self.config.loop_chars)
+
+        def watch(text: str, *, reset: bool = False) -> None:
+            on_delta(text, reset=reset)
+            detector.feed(text)
+
+        body = self.request_body(page, prompt, strategy)
+        completion = await self._request(body, watch, detector)
+        profile = self.profile.name
+        loop = detector.loop
+        if completion.finish_reason == "loop":
+            # Stopped early, so vLLM sent no usage: the prompt is the profile's (upper) estimate.
+            text_prompt = body["messages"][0]["content"][1]["text"]
+            completion.prompt_tokens = self.profile.prompt_tokens(page.width, page.height, text_prompt)
+            metrics.engine_loop(profile=profile, stage="stream")
+        elif completion.finish_reason == "length":
+            loop = detector.finish()
+            if loop is not None:
+                metrics.engine_loop(profile=profile, stage="length")
+        else:
+            loop = None  # the model ended the page itself: a repeat it chose to stop is its own text
+        metrics.engine_completion(profile=profile, finish_reason=completion.finish_reason)
+        return Attempt(completion=completion, text=detector.text, loop=loop)
+
+    async def _request(self, body: dict[str, Any], on_delta: DeltaCallback, detector: LoopDetector) -> Completion:
+        """Send one request and stream its text; ``finish_reason`` "loop" if ``detector`` found a loop and the
+        request was stopped."""
         held: list[Ticket] = []  # the server request in flight (at most one), settled when it ends
         try:
-            completion = await self._recognise(page, prompt, on_delta, held)
+            completion = await self._recognise(body, on_delta, held, detector)
         except EngineError as exc:
             for ticket in held:
                 self._settle(ticket, exc)
@@ -236,8 +386,10 @@ class VllmEngine(Engine):
             for ticket in held:
                 self.servers.release(ticket, result=result)
             raise
+        # A request stopped in a loop was cancelled by us, not finished by the server.
+        result = "cancelled" if completion.finish_reason == "loop" else "done"
         for ticket in held:
-            self.servers.release(ticket, result="done")
+            self.servers.release(ticket, result=result)
         return completion
 
     def _settle(self, ticket: Ticket, error: EngineError) -> None:
@@ -249,12 +401,14 @@ class VllmEngine(Engine):
             self.servers.answered(ticket)
         self.servers.release(ticket, result=error.code)
 
-    async def _recognise(self, page: PageImage, prompt: str, on_delta: DeltaCallback, held: list[Ticket]) -> Completion:
+    async def _recognise(
+        self, body: dict[str, Any], on_delta: DeltaCallback, held: list[Ticket], detector: LoopDetector
+    ) -> Completion:
         config = self.config
         loop = asyncio.get_running_loop()
         started = loop.time()
         total_deadline = started + config.total_timeout
-        payload = orjson.dumps(self.request_body(page, prompt))
+        payload = orjson.dumps(body)
         stream = SseStream(on_delta)
         attempt = 0
         unavailable: openai.APIError | None = None
@@ -272,6 +426,9 @@ class VllmEngine(Engine):
                             rescheduled_at = read_at = loop.time()
                             async for data in response.aiter_raw():
                                 if stream.feed(data):
+                                    break
+                                if detector.loop is not None:
+                                    # Closing the response aborts the request: vLLM frees the sequence's slot.
                                     break
                                 if not stream.got_first:
                                     continue
@@ -323,6 +480,9 @@ class VllmEngine(Engine):
             raise EngineError(
                 f"The connection to the engine broke: {_cause(exc)}", code=ENGINE_ERROR, transient=True
             ) from None
+        if detector.loop is not None and not stream.done:
+            # Stopped early: no usage chunk; each content chunk was at least one token.
+            return Completion(finish_reason="loop", completion_tokens=stream.content_chunks, estimated=True)
         return stream.completion()
 
     async def warm_up(self) -> None:
@@ -333,14 +493,52 @@ class VllmEngine(Engine):
                 served = [model.id for model in models.data]
                 if self.model not in served:
                     logger.warning("engine server %s serves %s, not LLM_MODEL=%s", server.label, served, self.model)
+                for card in models.data:
+                    if card.id == self.model:
+                        self._learn(card)
             except openai.APIError as exc:
                 logger.warning("engine server %s not ready yet: %s", server.label, exc)
+
+    def _learn(self, card: Any) -> None:
+        """Take the served model's real name (``root``, under ``--served-model-name``) and ``max_model_len``."""
+        extra = card.model_extra or {}
+        root = extra.get("root") or ""
+        if self.profile is GENERIC and self.config.model_profile == "auto" and root:
+            profile = profile_for_model(str(root))
+            if profile is not None:
+                logger.info("LLM_MODEL=%s is %s (the server's root %s)", self.model, profile.label, root)
+                self.profile = profile
+                metrics.engine_model(profile=profile.name, model=self.model)
+        context = extra.get("max_model_len")
+        if isinstance(context, int) and context > 0:
+            self.context = context
 
     async def aclose(self) -> None:
         """Close the clients of the running event loop (before that loop ends)."""
         clients = self._clients.pop(asyncio.get_running_loop(), None)
         if clients is not None:
             await clients.close()
+
+
+def _looped(completion: Completion, note: str) -> Completion:
+    """A page that ends truncated by a loop: ``finish_reason`` "length" (what vLLM would have ended it with)."""
+    return Completion(
+        finish_reason="length",
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        estimated=completion.estimated,
+        note=note,
+    )
+
+
+def _sum(first: Completion, second: Completion) -> Completion:
+    """The second attempt's ending with the usage of both: the first one's tokens were spent too."""
+    return Completion(
+        finish_reason=second.finish_reason,
+        prompt_tokens=first.prompt_tokens + second.prompt_tokens,
+        completion_tokens=first.completion_tokens + second.completion_tokens,
+        estimated=first.estimated or second.estimated,
+    )
 
 
 def _engine_error(exc: openai.APIError) -> EngineError:
