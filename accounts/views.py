@@ -133,15 +133,16 @@ def register(request: HttpRequest) -> HttpResponse:
 def tokens(request: HttpRequest) -> HttpResponse:
     """List the owner's API tokens and create one; a new token's secret is shown once, in this response only."""
     form = TokenCreateForm(request.POST or None)
-    created = None
     status = 200
     if request.method == "POST":
         if form.is_valid():
-            created = token_create(user=request.owner, name=form.cleaned_data["name"])
-            form = TokenCreateForm()
-            status = 201
-        else:
-            status = 400
+            issued = token_create(user=request.owner, name=form.cleaned_data["name"])
+            # Post/redirect/get: reloading the page must not create a second token. The secret rides the session
+            # to the next page view only, which takes it out.
+            request.session[NEW_TOKEN_SESSION_KEY] = {"id": issued.token.pk, "secret": issued.secret}
+            return redirect("accounts:tokens")
+        status = 400
+    created = _new_token(request)
     context = {
         "form": form,
         "created": created,
@@ -151,6 +152,18 @@ def tokens(request: HttpRequest) -> HttpResponse:
         "signature_header": webhooks.SIGNATURE_HEADER,
     }
     return render(request, "accounts/tokens.html", context, status=status)
+
+
+NEW_TOKEN_SESSION_KEY = "accounts.new_token"  # noqa: S105 - a session key, not a secret
+
+
+def _new_token(request: HttpRequest) -> dict[str, object] | None:
+    """The token created just before this page view, shown once: its secret leaves the session now."""
+    shown = request.session.pop(NEW_TOKEN_SESSION_KEY, None)
+    if not shown:
+        return None
+    token = ApiToken.objects.filter(pk=shown["id"], user=request.owner).first()
+    return {"token": token, "secret": shown["secret"]} if token is not None else None
 
 
 @require_POST

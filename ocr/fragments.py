@@ -61,15 +61,25 @@ class PageView:
     def is_running(self) -> bool:
         return self.status == PageStatus.RUNNING
 
+    #: The job ended before this page was read (cancelled, failed or interrupted): it never will be.
+    unread: bool = False
+
     @property
     def is_queued(self) -> bool:
-        return not self.status
+        return not self.status and not self.unread
 
     @property
     def status_label(self) -> str:
+        if self.unread:
+            return str(_("Not read"))
         if not self.status:
             return str(_("Queued"))
         return str(PageStatus(self.status).label)
+
+    @property
+    def found_nothing(self) -> bool:
+        """A page that was read and holds no text (not one that failed or was cancelled)."""
+        return self.status in (PageStatus.DONE, PageStatus.TRUNCATED) and not (self.rendered and self.rendered.markdown)
 
 
 def page_view(page: OcrPage, job: OcrJob) -> PageView:
@@ -91,6 +101,7 @@ def page_view(page: OcrPage, job: OcrJob) -> PageView:
         },
         duration_ms=page.duration_ms,
         source=page.source,
+        unread=not page.status and job.is_finished,
     )
 
 

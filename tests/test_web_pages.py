@@ -218,9 +218,10 @@ def test_tokens_page_lists_only_my_tokens(alice, bob, alice_client):
 
 
 def test_a_new_token_is_shown_once_and_stored_hashed(alice, alice_client):
-    response = alice_client.post("/accounts/tokens/", {"name": "ci"})
+    posted = alice_client.post("/accounts/tokens/", {"name": "ci"})
+    assert posted.status_code == 302 and posted["Location"] == "/accounts/tokens/", "post/redirect/get"
+    response = alice_client.get("/accounts/tokens/")
 
-    assert response.status_code == 201
     secret = re.search(r'<code id="new-token">(mocr_[^<]+)</code>', response.content.decode()).group(1)
     token = ApiToken.objects.get(user=alice, name="ci")
     assert token.digest != secret and secret not in token.digest
@@ -385,7 +386,7 @@ def test_a_form_with_the_csrf_token_passes(alice):
 
     response = client.post("/accounts/tokens/", {"name": "x", "csrfmiddlewaretoken": token})
 
-    assert response.status_code == 201
+    assert response.status_code == 302 and ApiToken.objects.filter(name="x").exists()
 
 
 def test_an_upload_that_is_not_an_image_or_pdf_is_refused_on_the_form(alice_client):
@@ -491,3 +492,23 @@ def test_uploads_past_their_retention_are_deleted_and_the_job_page_says_so(alice
     assert OcrPage.objects.filter(job=old).exists(), "the text stays"
     assert "The uploaded file was deleted on" in alice_client.get(f"/jobs/{old.pk}/").content.decode()
     assert expire_uploads() == 0
+
+
+def test_reloading_after_creating_a_token_creates_no_second_one(alice, alice_client):
+    alice_client.post("/accounts/tokens/", {"name": "laptop"}, follow=True)
+    alice_client.get("/accounts/tokens/")  # a reload is a GET of the page it was redirected to
+
+    assert ApiToken.objects.filter(user=alice, name="laptop").count() == 1
+
+
+def test_pages_a_cancelled_job_never_read_say_so_instead_of_waiting_for_ever(alice, alice_client):
+    job = make_job(alice, status="cancelled", kind="pdf", pages=0, error_code="cancelled")
+    OcrJob.objects.filter(pk=job.pk).update(page_count=3)
+    OcrPage.objects.create(job=job, number=1, status="done", text="read")
+    OcrPage.objects.create(job=job, number=2, status="cancelled", text="")
+
+    content = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+
+    assert "Waiting for its turn" not in content
+    assert content.count("Not read: the job ended before this page.") == 1  # page 3
+    assert "No text was found on this page." not in content, "a cancelled page is not an empty one"
