@@ -23,7 +23,7 @@ from accounts.tokens import token_create
 from myocr.http import ApiError, api_endpoint
 from ocr.selectors import ausage_events, ausage_summary
 
-#: JSON answers write text as UTF-8 (their charset), not as ``\uXXXX`` escapes.
+#: JSON answers write text as UTF-8 (their charset), not as ``\u`` escapes.
 UTF8 = {"ensure_ascii": False}
 
 

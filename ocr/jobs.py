@@ -34,7 +34,6 @@ from ocr.models import JobStatus, OcrJob
 from ocr.pipeline import JobRun, prepare_job
 from ocr.services import (
     job_claim,
-    job_create,
     job_discard,
     job_fail,
     job_request_cancel,
@@ -65,47 +64,28 @@ async def submit_job(
     Raises before anything is kept: ``IntakeError``, ``EngineNotConfigured``, ``LimitExceeded``, and
     ``QueueUnavailable`` when the broker does not take the job.
     """
-    if not queue.enabled():
-        run = await prepare_job(
-            owner=owner,
-            upload=upload,
-            kind=kind,
-            source=source,
-            prompt=prompt,
-            detached=True,
-            callback_url=callback_url,
-            text_layer=text_layer,
-        )
-        start_live_job(run, on_end=job_ended)
-        metrics.queue_event("submitted")
-        metrics.queue_event("started")  # this process is its runner, at once
-        metrics.OCR_QUEUE_WAIT.observe(max(0.0, (timezone.now() - run.job.created_at).total_seconds()))
-        return run.job
-    config = config_for(text_layer=text_layer)
-    engine = engines.get_engine()
-    document = await intake.open_upload(upload, expected_kind=kind, config=config)
-    await document.aclose()
-    job = await job_create(
+    queued = queue.enabled()
+    run = await prepare_job(
         owner=owner,
+        upload=upload,
         kind=kind,
         source=source,
-        file_name=upload.file_name,
-        content_type=document.content_type,
-        data=upload.data,
         prompt=prompt,
-        engine=engine.name,
-        model=engine.model,
-        page_count=document.page_count,
-        keep_upload=True,  # the worker reads it back, maybe on another machine
-        enforce_limits=True,
-        status=JobStatus.QUEUED,
         detached=True,
         callback_url=callback_url,
         text_layer=text_layer,
+        queued=queued,
     )
-    await dispatch(job.pk, discard_on_failure=True)
+    if queued:
+        await run.document.aclose()  # a worker opens it again
+        await dispatch(run.job.pk, discard_on_failure=True)
+        metrics.queue_event("submitted")
+        return run.job
+    start_live_job(run, on_end=job_ended)
     metrics.queue_event("submitted")
-    return job
+    metrics.queue_event("started")  # this process is its runner, at once
+    metrics.OCR_QUEUE_WAIT.observe(max(0.0, (timezone.now() - run.job.created_at).total_seconds()))
+    return run.job
 
 
 async def dispatch(job_id: uuid.UUID, *, discard_on_failure: bool = False) -> None:

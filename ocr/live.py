@@ -321,8 +321,11 @@ def load_pages(job_id: uuid.UUID, numbers: list[int]) -> dict[int, OcrPage]:
     return {page.number: page for page in OcrPage.objects.filter(job_id=job_id, number__in=numbers)}
 
 
-async def follow_job(job_id: uuid.UUID, *, since: int | None, poll: float = 10.0) -> AsyncIterator[Update]:
-    """The updates a client that has seen events up to ``since`` needs, until the job ends (see module doc)."""
+@contextlib.asynccontextmanager
+async def subscribed(job_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+    """The messages published to the job's group from now on, in a local queue: one reader owns the channel, and
+    waiting on the queue is safe to time out. Subscribe before reading the stored state, so nothing falls between.
+    """
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add(job_group(job_id), channel)
@@ -332,9 +335,21 @@ async def follow_job(job_id: uuid.UUID, *, since: int | None, poll: float = 10.0
         while True:
             await inbox.put(await layer.receive(channel))
 
-    # One reader owns the channel; the loop below waits on a local queue, which is safe to time out.
     reader = asyncio.create_task(pump(), name=f"ocr-feed-{job_id}")
     try:
+        yield inbox
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        with contextlib.suppress(Exception):
+            await layer.group_discard(job_group(job_id), channel)
+
+
+async def follow_job(job_id: uuid.UUID, *, since: int | None, poll: float = 10.0) -> AsyncIterator[Update]:
+    """The updates a client that has seen events up to ``since`` needs, until the job ends (see module doc)."""
+    layer = get_channel_layer()
+    async with subscribed(job_id) as inbox:
         job, pages = await load_job(job_id)
         if job is None:
             return
@@ -400,12 +415,6 @@ async def follow_job(job_id: uuid.UUID, *, since: int | None, poll: float = 10.0
         job, pages = await load_job(job_id)
         if job is not None:
             yield Snapshot(job, pages, max(job.live_seq, client), final=True)
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reader
-        with contextlib.suppress(Exception):
-            await layer.group_discard(job_group(job_id), channel)
 
 
 def _has_end(events: list[Event]) -> bool:
@@ -470,15 +479,6 @@ async def follow_events(job_id: uuid.UUID, *, after: int, poll: float = 10.0) ->
             yield frames
         return
     layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(job_group(job_id), channel)
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def pump() -> None:
-        while True:
-            await inbox.put(await layer.receive(channel))
-
-    reader = asyncio.create_task(pump(), name=f"ocr-events-{job_id}")
     client = after
 
     async def from_log() -> tuple[list[Event], bool]:
@@ -490,7 +490,7 @@ async def follow_events(job_id: uuid.UUID, *, after: int, poll: float = 10.0) ->
         over = job is None or _has_end(frames) or (job.is_finished and job.live_seq <= client)
         return frames, over
 
-    try:
+    async with subscribed(job_id) as inbox:
         frames, over = await from_log()
         if frames:
             yield frames
@@ -537,12 +537,6 @@ async def follow_events(job_id: uuid.UUID, *, after: int, poll: float = 10.0) ->
                             return
                     elif item["seq"] > client:
                         buffered.append(item)  # still ahead: wait for the next store
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reader
-        with contextlib.suppress(Exception):
-            await layer.group_discard(job_group(job_id), channel)
 
 
 async def job_frames(job: OcrJob, *, after: int, poll: float = 10.0) -> AsyncIterator[list[Event]]:

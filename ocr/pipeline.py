@@ -57,9 +57,12 @@ async def prepare_job(
     detached: bool = False,
     callback_url: str = "",
     text_layer: str = "",
+    queued: bool = False,
 ) -> JobRun:
     """The one way in for every door (API, browser, command): validate ``upload`` for ``kind``, record the job
-    and return its run, ready to be consumed. A ``detached`` job outlives its request (``ocr/jobs.py``).
+    and return its run, ready to be consumed. A ``detached`` job outlives its request (``ocr/jobs.py``); a
+    ``queued`` one is recorded for a worker of the task queue, its upload kept whatever ``OCR_KEEP_UPLOADS`` says
+    (the worker reads it back, maybe on another machine).
 
     Raises before anything is recorded: ``IntakeError`` (the upload), ``EngineNotConfigured``, and with
     ``enforce_limits`` the owner's ``LimitExceeded``.
@@ -79,8 +82,9 @@ async def prepare_job(
             engine=engine.name,
             model=engine.model,
             page_count=document.page_count,
-            keep_upload=config.keep_uploads,
+            keep_upload=config.keep_uploads or queued,
             enforce_limits=enforce_limits,
+            status=JobStatus.QUEUED if queued else JobStatus.RUNNING,
             detached=detached,
             callback_url=callback_url,
             text_layer=text_layer,

@@ -97,7 +97,7 @@ def test_the_live_header_says_running_once_a_runner_takes_a_queued_job(alice):
     renderer = LiveRenderer(job=job, csrf_token="token")
     html = renderer.render(Batch(1, [{"type": "start", "job_id": str(job.pk)}, {"type": "page_start", "page": 1}]))
     assert 'data-job-status="running"' in html and 'data-job-status="queued"' not in html
-    assert 'class="badge badge--running">Running' in html or "badge--running" in html
+    assert "badge--running" in html
 
 
 async def test_a_request_may_ask_to_ocr_every_page_of_a_born_digital_pdf(api, local_engine):
