@@ -346,6 +346,12 @@ if OCR_QUEUE_URL and not REDIS_URL:
 OCR_QUEUE_NAME = env_str("OCR_QUEUE_NAME", "ocr")
 #: Jobs one worker process runs at once (each with up to OCR_PAGE_CONCURRENCY pages in flight).
 OCR_WORKER_JOBS = env_int("OCR_WORKER_JOBS", 2, minimum=1, maximum=256)
+#: A queued PDF with more pages left than this is shared: its runner asks other workers to take pages of it too
+#: (ocr/sharing.py), one more worker per this many pages, up to OCR_JOB_MAX_WORKERS workers on one job.
+OCR_JOB_PAGES_PER_WORKER = env_int("OCR_JOB_PAGES_PER_WORKER", 16, minimum=1)
+OCR_JOB_MAX_WORKERS = env_int("OCR_JOB_MAX_WORKERS", 4, minimum=1, maximum=64)
+#: How often the runner of a shared job reads which pages the other workers stored or left behind.
+OCR_JOB_SHARE_POLL_SECONDS = env_float("OCR_JOB_SHARE_POLL_SECONDS", 1.0, minimum=0.05)
 #: A page whose engine request failed transiently (refused, 503, a dropped stream) is tried this many times more,
 #: after 1 s, 2 s, 4 s…
 OCR_ENGINE_RETRIES = env_int("OCR_ENGINE_RETRIES", 2, minimum=0, maximum=10)

@@ -71,6 +71,7 @@ class OcrPageInline(admin.TabularInline):
         "completion_tokens",
         "completion_chars",
         "error_code",
+        "runner",
     )
     readonly_fields = fields
     show_change_link = True

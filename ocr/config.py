@@ -53,6 +53,10 @@ class OcrConfig:
     model_profile: str = "auto"
     #: ``LLM_LOOP_CHARS``: the length of a repeated tail that makes a repetition loop (0: no detection).
     loop_chars: int = 2000
+    #: Sharing a queued PDF's pages between workers (``ocr/sharing.py``).
+    pages_per_worker: int = 16
+    max_workers_per_job: int = 4
+    share_poll_seconds: float = 1.0
 
 
 def resolve_engine_name(choice: str, base_url: str) -> str:
@@ -115,6 +119,9 @@ def ocr_config() -> OcrConfig:
         pdf_text_layer=settings.OCR_PDF_TEXT_LAYER,
         model_profile=settings.LLM_MODEL_PROFILE,
         loop_chars=settings.LLM_LOOP_CHARS,
+        pages_per_worker=settings.OCR_JOB_PAGES_PER_WORKER,
+        max_workers_per_job=settings.OCR_JOB_MAX_WORKERS,
+        share_poll_seconds=settings.OCR_JOB_SHARE_POLL_SECONDS,
     )
 
 

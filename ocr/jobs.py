@@ -12,6 +12,9 @@ Life of a detached job, the same with or without a task queue:
    (``ocr/workers.py``) puts the job back to ``queued``; without a queue, the next server process to start resumes
    it (``wake_orphans``). Pages already stored are kept and not sent to the engine again.
 4. The pipeline closes the job (status and usage from its pages) as it does for a streaming request.
+
+On the task queue a long PDF is shared: its runner leads, and asks other workers to read some of its pages
+(``help_detached_job``, ``ocr/sharing.py``).
 """
 
 from __future__ import annotations
@@ -30,16 +33,19 @@ from ocr import engines, intake, metrics, queue
 from ocr.config import config_for
 from ocr.errors import QueueUnavailable
 from ocr.live import LiveJob, logged_summary, request_cancel, start_live_job
-from ocr.models import JobStatus, OcrJob
+from ocr.models import JobKind, JobStatus, OcrJob
 from ocr.pipeline import JobRun, prepare_job
 from ocr.services import (
+    WORKER_ID,
     job_claim,
     job_discard,
     job_fail,
     job_request_cancel,
     job_retry_failed_pages,
     kept_pages,
+    page_states,
 )
+from ocr.sharing import HelperShare, LeadShare, help_with, helpers_wanted, release_gone_runners
 from ocr.webhooks import deliver_in_background, job_ended, overdue_deliveries
 
 logger = logging.getLogger(__name__)
@@ -124,6 +130,10 @@ async def retry_failed_pages(job: OcrJob) -> int:
     return pages
 
 
+#: Jobs this process runs now, as their lead or as a helper: it takes no second part in any of them.
+_runners: set[uuid.UUID] = set()
+
+
 async def run_detached_job(job_id: uuid.UUID | str) -> None:
     """Run a detached job to its end in this process (a queue worker, or the web process without a queue)."""
     job_id = uuid.UUID(str(job_id))
@@ -134,37 +144,111 @@ async def run_detached_job(job_id: uuid.UUID | str) -> None:
     metrics.queue_event("resumed" if resumed else "started")
     if not resumed:
         metrics.OCR_QUEUE_WAIT.observe(max(0.0, (timezone.now() - job.created_at).total_seconds()))
-    run = await _open_run(job, resumed=resumed)
-    if run is None:
-        await job_ended(job_id)
-        return
-    live = LiveJob(run, seq=job.live_seq + RESUME_SEQ_GAP if resumed else 0, on_end=job_ended)
-    task = asyncio.current_task()
-    live.task = task
+    _runners.add(job_id)
     try:
-        await live.main()
-    except asyncio.CancelledError:
-        if not live.cancel_requested or task is None:
-            raise
-        task.uncancel()  # its owner cancelled it: the job is closed, this runner's work is done
+        run = await _open_run(job, resumed=resumed)
+        if run is None:
+            await job_ended(job_id)
+            return
+        live = LiveJob(run, seq=job.live_seq + RESUME_SEQ_GAP if resumed else 0, on_end=job_ended)
+        task = asyncio.current_task()
+        live.task = task
+        try:
+            await live.main()
+        except asyncio.CancelledError:
+            if not live.cancel_requested or task is None:
+                raise
+            task.uncancel()  # its owner cancelled it: the job is closed, this runner's work is done
+    finally:
+        _runners.discard(job_id)
+
+
+async def help_detached_job(job_id: uuid.UUID | str) -> None:
+    """Read pages of a job another worker runs (``ocr/sharing.py``), unless this process already takes part in it
+    or the job no longer runs."""
+    job_id = uuid.UUID(str(job_id))
+    if job_id in _runners:
+        return
+    job = await sync_to_async(_job_to_help)(job_id)
+    if job is None:
+        return
+    _runners.add(job_id)
+    try:
+        document = await _open_document(job)
+        if document is None:
+            return  # its lead reads the same upload and says what is wrong with it
+        metrics.queue_event("helped")
+        run = JobRun(
+            job=job,
+            document=document,
+            engine=engines.get_engine(),
+            prompt=job.prompt,
+            page_concurrency=config_for(text_layer=job.text_layer).page_concurrency,
+            share=HelperShare(job_id=job.pk, page_count=document.page_count),
+        )
+        await help_with(run)
+    finally:
+        _runners.discard(job_id)
+
+
+def _job_to_help(job_id: uuid.UUID) -> OcrJob | None:
+    return (
+        OcrJob.objects.filter(
+            pk=job_id, status=JobStatus.RUNNING, deleted_at__isnull=True, cancel_requested_at__isnull=True
+        )
+        .exclude(worker=WORKER_ID)
+        .first()
+    )
+
+
+async def _ask_helpers(job_id: uuid.UUID, count: int) -> None:
+    await sync_to_async(queue.enqueue_helpers, thread_sensitive=False)(job_id, count)
+
+
+async def _open_document(job: OcrJob) -> intake.Document | None:
+    """The job's upload, read back from storage and opened; ``None`` when it is gone or unreadable."""
+    config = config_for(text_layer=job.text_layer)
+    try:
+        data = await sync_to_async(_read_upload, thread_sensitive=False)(job)
+        return await intake.open_upload(
+            intake.Upload(data=data, file_name=job.file_name), expected_kind=job.kind, config=config
+        )
+    except Exception as exc:
+        logger.warning("job %s: its upload cannot be read (%s)", job.pk, exc)
+        return None
 
 
 async def _open_run(job: OcrJob, *, resumed: bool) -> JobRun | None:
     """The pipeline run of a claimed job, or ``None`` (the job is closed as failed) when its upload is gone or
-    unreadable."""
+    unreadable. On the task queue, a PDF with many pages left is shared with other workers."""
     config = config_for(text_layer=job.text_layer)
     try:
         engine = engines.get_engine()
-        data = await sync_to_async(_read_upload, thread_sensitive=False)(job)
-        document = await intake.open_upload(
-            intake.Upload(data=data, file_name=job.file_name), expected_kind=job.kind, config=config
-        )
-    except Exception as exc:
-        logger.warning("job %s cannot run: its upload cannot be read (%s)", job.pk, exc)
+    except Exception:
+        logger.exception("job %s cannot run: no engine", job.pk)
+        await job_fail(job_id=job.pk, reason="crashed")
+        return None
+    document = await _open_document(job)
+    if document is None:
         await job_fail(job_id=job.pk, reason="upload_unreadable")
         return None
+    if resumed:
+        # The pages its previous runner (or a helper that is gone too) held are read again.
+        await release_gone_runners(job.pk)
     kept = await kept_pages(job_id=job.pk) if resumed else []
     logged = await logged_summary(job.pk) if resumed else None
+    share = None
+    helpers = helpers_wanted(document.page_count - len(kept), config)
+    # A resumed job whose pages other workers still hold stays shared, even with too few pages left to ask for more.
+    held = resumed and bool((await page_states(job_id=job.pk)).held)
+    if queue.enabled() and job.kind == JobKind.PDF and (helpers or held):
+        share = LeadShare(
+            job_id=job.pk,
+            page_count=document.page_count,
+            helpers=helpers,
+            dispatch=_ask_helpers,
+            poll_seconds=config.share_poll_seconds,
+        )
     return JobRun(
         job=job,
         document=document,
@@ -173,6 +257,7 @@ async def _open_run(job: OcrJob, *, resumed: bool) -> JobRun | None:
         page_concurrency=config.page_concurrency,
         kept=kept,
         logged=logged,
+        share=share,
     )
 
 

@@ -196,14 +196,15 @@ class EngineSlot:
 
 
 # --- The task queue and engine retries (ocr/queue.py, ocr/jobs.py) ---
-QUEUE_EVENTS = ("submitted", "started", "resumed", "requeued", "finished", "refused")
+QUEUE_EVENTS = ("submitted", "started", "resumed", "requeued", "finished", "refused", "helped", "pages_released")
 OCR_ENGINE_RETRIES = Counter(
     "ocr_engine_retries", "Engine requests tried again after a transient failure, by error code.", ["code"]
 )
 OCR_QUEUE_JOBS = Counter(
     "ocr_queue_jobs",
     "Detached jobs by queue event: submitted, started by a runner, resumed after a runner died, requeued by "
-    "recovery, finished, refused by the broker.",
+    "recovery, finished, refused by the broker; helped by another worker (a long PDF's pages shared), its pages "
+    "released when a helper was gone.",
     ["event"],
 )
 OCR_QUEUE_WAIT = Histogram(

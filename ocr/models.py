@@ -207,6 +207,15 @@ class OcrPage(ExportModelOperationsMixin("page"), UsageFields):
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
     duration_ms = models.PositiveIntegerField(_("duration (ms)"), null=True, blank=True)
+    runner = models.CharField(
+        _("read by"),
+        max_length=128,
+        blank=True,
+        help_text=_(
+            "The process (host:pid) that read the page; for a running page of a job shared by several workers, "
+            "the one that holds it."
+        ),
+    )
 
     class Meta:
         ordering = ["job", "number"]

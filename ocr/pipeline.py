@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
@@ -35,7 +35,10 @@ from ocr.engines.base import Completion, Engine
 from ocr.errors import EngineError
 from ocr.intake import Document
 from ocr.models import JobStatus, OcrJob, PageStatus
-from ocr.services import JobTotals, PageOutcome, job_close, job_create, page_record
+from ocr.services import JobTotals, PageOutcome, job_close, job_create, page_record, pages_usage
+
+if TYPE_CHECKING:
+    from ocr.sharing import HelperShare, LeadShare
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +121,7 @@ class JobRun:
         observer: Callable[[Event], None] | None = None,
         kept: Sequence[PageOutcome] = (),
         logged: Logged | None = None,
+        share: LeadShare | HelperShare | None = None,
     ) -> None:
         self.job = job
         self.document = document
@@ -137,6 +141,11 @@ class JobRun:
         self.resumed = logged is not None
         self._logged = logged or Logged()
         self._replay = [outcome for outcome in kept if outcome.number not in self._logged.ended]
+        #: The pages whose ``page_start`` / ``page_end`` this run's stream holds (with what its log held before).
+        self.told_started = set(self._logged.started)
+        self.told_ended = set(self._logged.ended)
+        #: Pages shared with other workers (``ocr/sharing.py``): this run as their lead or as a helper.
+        self.share = share
         config = ocr_config()
         self.engine_retries = config.engine_retries
         self.engine_retry_seconds = config.engine_retry_seconds
@@ -200,28 +209,66 @@ class JobRun:
     # --- producer side ------------------------------------------------------------------------------------
 
     def _emit(self, event: Event) -> None:
+        kind = event["type"]
+        if kind == "page_start":
+            self.told_started.add(event["page"])
+        elif kind == "page_end":
+            self.told_ended.add(event["page"])
         self._queue.put_nowait(event)
         if self._observer is not None:
             self._observer(event)
 
+    #: For a ``LeadShare``, which forwards the frames of the pages other workers read.
+    emit = _emit
+
+    async def _read_pages(self) -> None:
+        """Read pages with ``page_concurrency`` workers: this run's own pages, or the ones its share hands out."""
+        share = self.share
+        numbers = iter(self.numbers)
+
+        async def worker() -> None:
+            if share is None:
+                for number in numbers:
+                    await self._page(number)
+                return
+            while (number := await share.next()) is not None:
+                try:
+                    await self._page(number)
+                finally:
+                    share.finished(number)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(self.page_concurrency):
+                group.create_task(worker())
+
+    async def _help(self) -> None:
+        """A helper's run: pages only; the lead tells the job's start and end."""
+        try:
+            await self._read_pages()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.document.aclose()
+            self._emit({"type": END})  # ends ``batches()``; not a frame of the job
+
     async def _run(self) -> None:
         job = self.job
         self._started = time.monotonic()
+        share = self.share
+        if share is not None and not share.lead:
+            await self._help()
+            return
         if not self._logged.start:
             self._emit_start()
         self._emit_replay()
         metrics.job_started(kind=job.kind, input_bytes=job.input_bytes, engine_slots=self.engine.concurrency)
-        numbers = iter(self.numbers)
-
-        async def worker() -> None:
-            for number in numbers:
-                await self._page(number)
-
         status = JobStatus.FAILED
         try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(self.page_concurrency):
-                    group.create_task(worker())
+            if share is not None:
+                await share.open(self)
+            await self._read_pages()
+            if share is not None:
+                # Pages other workers read are in the ledger, not in this run's totals.
+                self.totals = await pages_usage(job_id=job.pk, prompt=self.prompt)
             status = self._final_status()
         except asyncio.CancelledError:
             status = JobStatus.CANCELLED
@@ -231,6 +278,8 @@ class JobRun:
             self._first_error = {"code": "internal_error", "message": f"Internal error: {type(exc).__name__}"}
             status = JobStatus.FAILED
         finally:
+            if share is not None:
+                await share.close()
             await self._finish(status)
 
     def _emit_start(self) -> None:
@@ -250,7 +299,7 @@ class JobRun:
 
     def _emit_replay(self) -> None:
         for outcome in self._replay:
-            if outcome.number not in self._logged.started:
+            if outcome.number not in self.told_started:
                 self._emit({"type": "page_start", "page": outcome.number})
             if outcome.text:
                 self._emit({"type": "page_delta", "page": outcome.number, "delta": outcome.text, "reset": True})
@@ -271,7 +320,8 @@ class JobRun:
         emit = self._emit
         first_delta = self._first_delta_ms is None
         retrying = False  # the next delta starts the page's text again (a new engine attempt)
-        restarted = self.resumed  # a previous runner may have streamed some of this page's text
+        # A previous runner (of a resumed job, or another worker of a shared one) may have streamed some of it.
+        restarted = self.resumed or number in self.told_started
 
         def on_delta(text: str, *, reset: bool = False) -> None:
             nonlocal first_delta, retrying, restarted
@@ -294,7 +344,7 @@ class JobRun:
         async with metrics.EngineSlot(engine.slots()):
             outcome.started_at = timezone.now()
             self._in_flight[number] = outcome
-            if number not in self._logged.started:
+            if number not in self.told_started:
                 emit({"type": "page_start", "page": number})
             try:
                 page = await self.document.page(number, pixels=engine.wants_pixels)
@@ -340,6 +390,10 @@ class JobRun:
             if outcome.error_code and self._first_error is None:
                 self._first_error = {"code": outcome.error_code, "message": outcome.error_message}
         self._pages_left -= 1
+        if self.share is not None:
+            if await self.share.record(outcome):
+                emit(page_end_event(outcome))
+            return
         if self._pages_left == 0:
             # The last page is written with the job's end, in one transaction (``_finish``): one trip to the
             # database thread less per job (an image's job makes one after its start instead of two).
@@ -392,13 +446,17 @@ class JobRun:
         duration_ms = int(elapsed * 1000)
         first_text = None if self._first_delta_ms is None else self._first_delta_ms / 1000
         metrics.job_finished(kind=self.job.kind, status=status, seconds=elapsed, first_text_seconds=first_text)
+        shared = self.share is not None
         try:
             # Shielded: a client that leaves must not stop the ledger from being written.
             await asyncio.shield(
                 job_close(
                     job_id=self.job.pk,
                     status=status,
-                    totals=self.totals,
+                    # A shared job's usage is folded from its stored pages, with the pages other workers still
+                    # held closed as this one's.
+                    totals=None if shared else self.totals,
+                    running_pages=("cancelled" if status == JobStatus.CANCELLED else "failed") if shared else "",
                     unrecorded=unrecorded,
                     first_delta_ms=self._first_delta_ms,
                     duration_ms=duration_ms,
@@ -406,6 +464,8 @@ class JobRun:
                     error_message=error["message"] if error else "",
                 )
             )
+            if shared:
+                self.totals = await asyncio.shield(pages_usage(job_id=self.job.pk, prompt=self.prompt))
         except asyncio.CancelledError:
             raise
         except Exception:

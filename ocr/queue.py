@@ -1,7 +1,9 @@
 """The task queue: Dramatiq, on the broker ``OCR_QUEUE_URL`` names (RabbitMQ ``amqp://`` or Redis ``redis://``).
 
 One message per detached job (``ocr/jobs.py``): ``run_job(job_id)``. A worker process (``manage.py ocr_worker``)
-takes it and runs the job with the same pipeline as the web process does without a queue. Why this is safe:
+takes it and runs the job with the same pipeline as the web process does without a queue; a long PDF's runner
+also sends ``run_pages(job_id)`` messages, and the workers that take them read some of its pages
+(``ocr/sharing.py``). Why this is safe:
 
 - **Late acknowledgement.** Dramatiq acknowledges a message when its actor returns. A worker killed at any moment
   leaves its messages unacknowledged, and the broker hands them to another worker: RabbitMQ as soon as the dead
@@ -80,7 +82,21 @@ async def run_job(job_id: str) -> None:
     await run_detached_job(job_id)
 
 
+@dramatiq.actor(queue_name=QUEUE_NAME, max_retries=0)
+async def run_pages(job_id: str) -> None:
+    """Help the runner of ``job_id`` read its pages (``ocr/sharing.py``); optional work, never retried."""
+    from ocr.jobs import help_detached_job
+
+    await help_detached_job(job_id)
+
+
 def enqueue(job_id: object) -> None:
     """Send the message that runs ``job_id``. Blocking (a network round trip): call it off the event loop.
     Raises when the broker cannot take it."""
     run_job.send(str(job_id))
+
+
+def enqueue_helpers(job_id: object, count: int) -> None:
+    """Ask ``count`` more workers to take pages of the running job ``job_id``. Blocking, like ``enqueue``."""
+    for _ in range(count):
+        run_pages.send(str(job_id))

@@ -11,7 +11,7 @@ from datetime import datetime
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ocr.models import JobStatus, OcrJob, OcrJobEvents, OcrPage
@@ -158,6 +158,7 @@ PAGE_RECORD_FIELDS = [
     "started_at",
     "finished_at",
     "duration_ms",
+    "runner",
 ]
 
 
@@ -182,6 +183,7 @@ def _record_page(*, job_id: object, outcome: PageOutcome) -> None:
         started_at=outcome.started_at,
         finished_at=outcome.finished_at,
         duration_ms=outcome.duration_ms,
+        runner=WORKER_ID,
     )
     OcrPage.objects.bulk_create(
         [page], update_conflicts=True, unique_fields=["job", "number"], update_fields=PAGE_RECORD_FIELDS
@@ -240,22 +242,28 @@ def _close_job(
     if reason:
         error_code, error_message = CLOSE_REASONS[reason]
     now = timezone.now()
+    fold = totals is None or duration_ms is None
     with transaction.atomic():
+        job = None
+        if fold:
+            # The job's row is locked first (the order every writer takes them in): a worker sharing the job
+            # (``page_record_shared``) writes no page between this fold and the close.
+            job = OcrJob.objects.select_for_update().filter(pk=job_id).only("pk", "prompt", "created_at").first()
+            if job is None:
+                return False
         for outcome in unrecorded:
             _record_page(job_id=job_id, outcome=outcome)
         if running_pages:
             left = OcrPage.objects.filter(job_id=job_id, status="running")
             left.exclude(text="").update(usage_estimated=True)
             left.update(status=running_pages, error_code=error_code, error_message=error_message, finished_at=now)
-        if totals is None or duration_ms is None:
-            job = OcrJob.objects.filter(pk=job_id).only("pk", "prompt", "created_at").first()
-            if job is None:
-                return False
+        if job is not None:
             pages = list(OcrPage.objects.filter(job_id=job_id))
             totals = totals or usage_of(pages, job.prompt)
             if duration_ms is None:
                 ends = [page.finished_at for page in pages if page.finished_at is not None]
                 duration_ms = max(0, int(((max(ends) if ends else now) - job.created_at).total_seconds() * 1000))
+        assert totals is not None
         fields: dict[str, object] = {"first_delta_ms": first_delta_ms} if first_delta_ms is not None else {}
         return bool(
             OcrJob.objects.filter(pk=job_id, status__in=JobStatus.open()).update(
@@ -340,9 +348,12 @@ def outcome_from_page(page: OcrPage) -> PageOutcome:
 
 def _kept_pages(*, job_id: object) -> list[PageOutcome]:
     """The pages of a job being resumed that are stored in their final state, as outcomes; the rows of pages that
-    were still running when the previous runner stopped are removed (their pages run again from the start)."""
-    OcrPage.objects.filter(job_id=job_id, status="running").delete()
-    return [outcome_from_page(page) for page in OcrPage.objects.filter(job_id=job_id).order_by("number")]
+    were still running when the previous runner stopped are removed (their pages run again from the start),
+    except those another worker sharing the job still holds (``OcrPage.runner``; ``pages_release`` frees the
+    ones of workers that are gone)."""
+    OcrPage.objects.filter(job_id=job_id, status="running", runner="").delete()
+    final = OcrPage.objects.filter(job_id=job_id).exclude(status="running").order_by("number")
+    return [outcome_from_page(page) for page in final]
 
 
 kept_pages = sync_to_async(_kept_pages)
@@ -427,6 +438,8 @@ def _store_live_pages(*, job_id: object, seq: int, texts: dict[int, str], frames
     """
     now = timezone.now()
     with transaction.atomic():
+        # The job's row first, then its pages: the order every writer locks them in (``page_record_shared``).
+        OcrJob.objects.filter(pk=job_id, live_seq__lt=seq).update(live_seq=seq)
         if texts:
             OcrPage.objects.bulk_create(
                 [OcrPage(job_id=job_id, number=number, status="running", started_at=now) for number in texts],
@@ -440,7 +453,6 @@ def _store_live_pages(*, job_id: object, seq: int, texts: dict[int, str], frames
             OcrJobEvents.objects.create(
                 job_id=job_id, first_seq=frames[0]["seq"], last_seq=frames[-1]["seq"], frames=frames
             )
-        OcrJob.objects.filter(pk=job_id, live_seq__lt=seq).update(live_seq=seq)
 
 
 live_pages_store = sync_to_async(_store_live_pages)
@@ -508,3 +520,110 @@ def jobs_requeue(*, worker_id: str, job_ids: list[object]) -> int:
     return OcrJob.objects.filter(pk__in=job_ids, status=JobStatus.RUNNING, worker=worker_id).update(
         status=JobStatus.QUEUED, worker=""
     )
+
+
+# --- A job shared by several workers (ocr/sharing.py) ----------------------------------------------------------
+
+
+def _claim_page(*, job_id: object, numbers: Iterable[int]) -> int | None:
+    """Take the first page of ``numbers`` nobody holds for this process: insert its ``running`` row with this
+    runner (the unique page number makes it atomic across machines), or take over a running row left by a worker
+    that is gone (``runner`` emptied by ``pages_release``). ``None``: none is free, or the job is no longer
+    running or its owner cancelled it."""
+    if not OcrJob.objects.filter(pk=job_id, status=JobStatus.RUNNING, cancel_requested_at__isnull=True).exists():
+        return None
+    rows = dict(
+        (
+            (number, (status, runner))
+            for number, status, runner in OcrPage.objects.filter(job_id=job_id).values_list(
+                "number", "status", "runner"
+            )
+        )
+    )
+    now = timezone.now()
+    for number in numbers:
+        row = rows.get(number)
+        if row is None:
+            try:
+                with transaction.atomic():
+                    OcrPage.objects.create(
+                        job_id=job_id, number=number, status="running", runner=WORKER_ID, started_at=now
+                    )
+            except IntegrityError:
+                continue  # another worker took it first
+            return number
+        if row == ("running", ""):
+            taken = OcrPage.objects.filter(job_id=job_id, number=number, status="running", runner="").update(
+                runner=WORKER_ID, started_at=now, text="", text_seq=0, completion_chars=0
+            )
+            if taken:
+                return number
+    return None
+
+
+page_claim = sync_to_async(_claim_page)
+
+
+def _record_shared_page(*, job_id: object, outcome: PageOutcome) -> bool:
+    """Write a page read by a worker that helps another run the job: only while the job runs and the page is still
+    this worker's (its lead may have judged it gone and given the page to another). Returns whether it was written.
+    """
+    with transaction.atomic():
+        if not OcrJob.objects.select_for_update().filter(pk=job_id, status=JobStatus.RUNNING).values("pk").first():
+            return False
+        mine = OcrPage.objects.filter(job_id=job_id, number=outcome.number, status="running", runner=WORKER_ID)
+        if not mine.exists():
+            return False
+        _record_page(job_id=job_id, outcome=outcome)
+        return True
+
+
+page_record_shared = sync_to_async(_record_shared_page)
+
+
+@dataclass(slots=True)
+class PageStates:
+    """Who holds what in a shared job: the pages stored final, and the running ones by runner (since when)."""
+
+    final: set[int] = field(default_factory=set)
+    held: dict[int, tuple[str, datetime | None]] = field(default_factory=dict)
+
+
+def _page_states(*, job_id: object) -> PageStates:
+    states = PageStates()
+    for number, status, runner, started_at in OcrPage.objects.filter(job_id=job_id).values_list(
+        "number", "status", "runner", "started_at"
+    ):
+        if status == "running":
+            states.held[number] = (runner, started_at)
+        else:
+            states.final.add(number)
+    return states
+
+
+page_states = sync_to_async(_page_states)
+
+
+def _stored_pages(*, job_id: object, numbers: Iterable[int]) -> list[PageOutcome]:
+    return [
+        outcome_from_page(page)
+        for page in OcrPage.objects.filter(job_id=job_id, number__in=list(numbers)).exclude(status="running")
+    ]
+
+
+stored_pages = sync_to_async(_stored_pages)
+
+
+def _release_pages(*, job_id: object, runners: Iterable[str]) -> int:
+    """Free the running pages that workers now gone held, for any runner of the job to claim again."""
+    return OcrPage.objects.filter(job_id=job_id, status="running", runner__in=list(runners)).update(runner="")
+
+
+pages_release = sync_to_async(_release_pages)
+
+
+def _pages_usage(*, job_id: object, prompt: str) -> JobTotals:
+    return usage_of(OcrPage.objects.filter(job_id=job_id), prompt)
+
+
+pages_usage = sync_to_async(_pages_usage)

@@ -201,6 +201,23 @@ def recover_interrupted_jobs(now: datetime | None = None) -> int:
     return closed
 
 
+def runners_gone(held: dict[str, datetime], now: datetime | None = None) -> set[str]:
+    """The runners among ``held`` (runner id → when it took the oldest page it still holds) that are gone, by the
+    rules above; a runner that never recorded itself counts as gone once its oldest page is older than the lease.
+    """
+    now = now or timezone.now()
+    this = me()
+    rows = Worker.objects.in_bulk(list(held))
+    gone = set()
+    for runner, since in held.items():
+        cutoff = dead_before(runner, rows.get(runner), this, now)
+        if cutoff is None and runner not in rows and runner != this.id:
+            cutoff = now - lease()
+        if cutoff is not None and since < cutoff:
+            gone.add(runner)
+    return gone
+
+
 def forget_old_workers(now: datetime | None = None) -> None:
     """Delete the rows of processes silent for a week that have no running job left."""
     now = now or timezone.now()

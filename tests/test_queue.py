@@ -254,6 +254,102 @@ def test_a_worker_killed_in_the_middle_of_a_pdf_loses_nothing_and_counts_nothing
     assert len(fake.requests) <= 40 + in_flight_at_kill
 
 
+def page_texts(frames: list[dict[str, Any]]) -> dict[int, str]:
+    """Each page's text as a client of the frames builds it (a delta with ``reset`` replaces the text so far)."""
+    texts: dict[int, str] = {}
+    for frame in frames:
+        if frame["type"] == "page_delta":
+            texts[frame["page"]] = ("" if frame.get("reset") else texts.get(frame["page"], "")) + frame["delta"]
+    return texts
+
+
+def stored_texts(cluster: Cluster, job_id: str) -> dict[int, str]:
+    rows = cluster.rows("SELECT number, text FROM ocr_ocrpage WHERE job_id = %s", job_id)
+    return {number: text for number, text in rows if text}
+
+
+@pytest.fixture
+def sharing(tmp_path: Path, database: str, fake: Any) -> Iterator[Cluster]:
+    """Workers that run one job at a time each, so a second worker is free to help with a long PDF."""
+    fake.set_default(tokens=12, token_delay=0.01, first_token_delay=0.01)
+    cluster = Cluster(tmp_path, database, fake, RABBITMQ, OCR_WORKER_JOBS="1", OCR_JOB_SHARE_POLL_SECONDS="0.3")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_a_long_pdf_is_read_by_two_workers_at_once_and_streams_as_one(sharing, fake):
+    server = sharing.server()
+    workers = [sharing.worker(), sharing.worker()]
+    token = server.register_and_login("petra")
+    [entry] = submit(server, token, ("long.pdf", make_numbered_pdf(120)))
+    job_id = entry["job_id"]
+    frames = events(server, token, job_id)
+    assert_stream(frames, 120)
+    assert frames[-1]["status"] == "done"
+    assert [frame["type"] for frame in frames].count("page_start") == 120, "every page starts once"
+    assert_ledger_sums(sharing, job_id, 120)
+    assert page_texts(frames) == stored_texts(sharing, job_id), "the stream carries every page's whole text"
+    readers = dict(sharing.rows("SELECT runner, COUNT(*) FROM ocr_ocrpage WHERE job_id = %s GROUP BY runner", job_id))
+    assert set(readers) == {worker.id for worker in workers}, "both workers read pages of the one job"
+    assert len(fake.requests) == 120, "no page was sent to the engine twice"
+    assert frames[-1]["usage"]["completion_tokens"] == sum(row[3] for row in ledger(sharing, job_id)[1]), (
+        "the end frame's usage counts the helper's pages too"
+    )
+    replay = events(server, token, job_id)
+    assert replay == frames, "the event log holds the same frames"
+
+
+def test_a_helper_killed_in_the_middle_of_a_pdf_loses_nothing_and_counts_nothing_twice(sharing, fake):
+    server = sharing.server()
+    workers = [sharing.worker(), sharing.worker()]
+    token = server.register_and_login("quentin")
+    fake.set_default(tokens=20, token_delay=0.02, first_token_delay=0.01)
+    [entry] = submit(server, token, ("long.pdf", make_numbered_pdf(80)))
+    job_id = entry["job_id"]
+    seen: list[dict[str, Any]] = []
+    follower = threading.Thread(target=lambda: seen.extend(events(server, token, job_id)), daemon=True)
+    follower.start()
+
+    def helper_pages() -> int:
+        lead = sharing.rows("SELECT worker FROM ocr_ocrjob WHERE id = %s", job_id)[0][0]
+        return sharing.rows(
+            "SELECT COUNT(*) FROM ocr_ocrpage WHERE job_id = %s AND status = 'done' AND runner <> %s", job_id, lead
+        )[0][0]
+
+    wait_until(lambda: helper_pages() >= 5, 60, "the helper stored five pages")
+    lead = sharing.rows("SELECT worker FROM ocr_ocrjob WHERE id = %s", job_id)[0][0]
+    [helper] = [worker for worker in workers if worker.id != lead]
+    helper.kill()
+    follower.join(120)
+    assert not follower.is_alive(), "the follower saw the job end"
+    assert_stream(seen, 80)
+    assert seen[-1]["status"] == "done"
+    assert_ledger_sums(sharing, job_id, 80)
+    assert page_texts(seen) == stored_texts(sharing, job_id), "pages the helper left are told whole"
+    # Each page was read once, but for those the helper was reading when it was killed (four at most).
+    assert 80 <= len(fake.requests) <= 84
+
+
+def test_cancel_stops_every_worker_reading_a_shared_pdf(sharing, fake):
+    server = sharing.server()
+    sharing.worker(), sharing.worker()
+    token = server.register_and_login("rune")
+    fake.set_default(tokens=400, token_delay=0.05, first_token_delay=0.01)  # 20 s a page: still running
+    [entry] = submit(server, token, ("slow.pdf", make_numbered_pdf(40)))
+    wait_until(lambda: fake.stats["in_flight"] >= 8, 30, "both workers stream four pages each")
+    response = httpx.post(f"{server.url}/api/jobs/{entry['job_id']}/cancel", headers=auth(token))
+    assert response.status_code == 202, response.text
+    wait_until(lambda: fake.stats["in_flight"] == 0, 10, "every engine request stopped")
+    wait_until(lambda: job(server, token, entry["job_id"])["status"] == "cancelled", 10, "the job is cancelled")
+    statuses = dict(
+        sharing.rows("SELECT status, COUNT(*) FROM ocr_ocrpage WHERE job_id = %s GROUP BY status", entry["job_id"])
+    )
+    assert statuses == {"cancelled": 8}, "the pages both workers were reading end cancelled"
+    assert len(fake.requests) == 8, "nothing was started after the cancel"
+
+
 def test_events_resume_after_any_seq_without_gap_or_duplicate(cluster, fake):
     server = cluster.server()
     cluster.worker()
