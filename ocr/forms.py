@@ -9,6 +9,7 @@ from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 
 from ocr.config import ocr_config
+from ocr.engines.profiles import DOCUMENT_PROMPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,7 @@ PRESETS: tuple[Preset, ...] = (
         "document",
         _("Document with layout"),
         _("Deep document parsing: Markdown plus the position of every block (boxes)."),
-        "<|grounding|>Convert the document to markdown.",
+        DOCUMENT_PROMPT,
         embedded=True,
     ),
     Preset(

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 DEFAULT_CONTEXT = 8192
 #: Tokens kept free besides the estimated prompt: the chat template's BOS and rounding of the text estimate.
 MARGIN = 16
+#: The prompts both DeepSeek-OCR models' cards and recipes recommend: deep document parsing (Markdown with the
+#: grounding markup) and plain text. The upload form's presets use these (``ocr/forms.py``).
+DOCUMENT_PROMPT = "<|grounding|>Convert the document to markdown."
+PLAIN_PROMPT = "Free OCR."
 
 
 @functools.cache
@@ -97,23 +101,23 @@ DEEPSEEK_OCR = ModelProfile(
     name="deepseek-ocr",
     label="DeepSeek-OCR",
     image_tokens=deepseek_ocr_image_tokens,
-    document_prompt="<|grounding|>Convert the document to markdown.",
-    plain_prompt="Free OCR.",
+    document_prompt=DOCUMENT_PROMPT,
+    plain_prompt=PLAIN_PROMPT,
 )
 DEEPSEEK_OCR_2 = ModelProfile(
     name="deepseek-ocr-2",
     label="DeepSeek-OCR 2",
     image_tokens=deepseek_ocr2_image_tokens,
-    document_prompt="<|grounding|>Convert the document to markdown.",
+    document_prompt=DOCUMENT_PROMPT,
     # The model "works better with plain prompts than instruction formats" (the model card).
-    plain_prompt="Free OCR.",
+    plain_prompt=PLAIN_PROMPT,
 )
 GENERIC = ModelProfile(
     name="generic",
     label="an unknown model",
     image_tokens=generic_image_tokens,
-    document_prompt="<|grounding|>Convert the document to markdown.",
-    plain_prompt="Free OCR.",
+    document_prompt=DOCUMENT_PROMPT,
+    plain_prompt=PLAIN_PROMPT,
     grounding=False,
 )
 PROFILES = {profile.name: profile for profile in (DEEPSEEK_OCR, DEEPSEEK_OCR_2, GENERIC)}
