@@ -304,6 +304,16 @@ OCR_ENGINE_LOOP_RETRIES = Counter(
 )
 
 
+# Every child exists from the start at 0: a loop is rare, and the dashboard's rates should read 0, not "no data".
+for _profile in PROFILES:
+    for _ending in ENGINE_ENDINGS:
+        OCR_ENGINE_COMPLETIONS.labels(_profile, _ending)
+    for _stage in LOOP_STAGES:
+        OCR_ENGINE_LOOPS.labels(_profile, _stage)
+    for _result in LOOP_RETRY_RESULTS:
+        OCR_ENGINE_LOOP_RETRIES.labels(_profile, _result)
+
+
 def engine_model(*, profile: str, model: str) -> None:
     OCR_ENGINE_MODEL.clear()
     OCR_ENGINE_MODEL.labels(_known(profile, PROFILES), model).set(1)

@@ -297,6 +297,51 @@ def ocr_overview() -> dict[str, Any]:
             unit="s",
             width=12,
         ),
+        Row("Engine servers, the model and repetition loops"),
+        Panel(
+            "Engine requests per second by server and result",
+            [q(f"sum by (server, result) (rate(ocr_engine_requests_total{{{API}}}[{RATE}]))", "{{server}} {{result}}")],
+            unit="reqps",
+            width=6,
+            description="Each vLLM server of LLM_BASE_URL: done, cancelled or an error code.",
+        ),
+        Panel(
+            "Engine requests in flight by server",
+            [q(f"sum by (server) (ocr_engine_server_in_flight{{{API}}})", "{{server}}")],
+            width=6,
+            description="Pages go to the healthy server with the fewest requests in flight.",
+        ),
+        Panel(
+            "Token-limit and loop endings by model profile",
+            [
+                q(
+                    f'sum by (profile) (rate(ocr_engine_completions_total{{{API},finish_reason=~"length|loop"}}'
+                    f"[{RATE}])) / sum by (profile) (rate(ocr_engine_completions_total{{{API}}}[{RATE}]))",
+                    "{{profile}}",
+                )
+            ],
+            unit="percentunit",
+            width=6,
+            description="Share of vLLM requests that ran to the token limit or were stopped in a repetition loop "
+            "(the OcrRepetitionLoops alert fires above 5%).",
+        ),
+        Panel(
+            "Repetition loops and retries per second",
+            [
+                q(
+                    f"sum by (profile, stage) (rate(ocr_engine_loops_total{{{API}}}[{RATE}]))",
+                    "loop {{profile}} {{stage}}",
+                ),
+                q(
+                    f"sum by (profile, result) (rate(ocr_engine_loop_retries_total{{{API}}}[{RATE}]))",
+                    "retry {{profile}} {{result}}",
+                ),
+            ],
+            unit="ops",
+            width=6,
+            description="Loops found while streaming (the request stopped early) or at the token limit, and the "
+            "pages asked again with another strategy: recovered, looped again, failed or skipped.",
+        ),
         Row("Detached jobs and the task queue"),
         Panel(
             "Detached jobs by event",
@@ -305,7 +350,8 @@ def ocr_overview() -> dict[str, Any]:
             width=6,
             description=(
                 "Browser uploads and POST /api/jobs: submitted, started by a runner, resumed after a runner died, "
-                "finished, refused by the broker."
+                "finished, refused by the broker; helped (a long PDF's pages shared by another worker), pages "
+                "released by a worker that was gone."
             ),
         ),
         Panel(
