@@ -37,9 +37,10 @@ RAPIDOCR_PARAMS = {
     "EngineConfig.onnxruntime.inter_op_num_threads": 1,
 }
 
-#: Lines recognised before the first text is sent, then per later batch: small enough that the first words of a
-#: page appear about a second after it starts, large enough to keep RapidOCR's batches of 6 full.
-FIRST_BATCH = 3
+#: Lines recognised before the first text is sent, then per later batch: the first line of a page appears as soon
+#: as it is read (under a second after the page starts), the later batches are large enough to keep RapidOCR's
+#: batches of 6 full.
+FIRST_BATCH = 1
 BATCH = 24
 #: How much higher (0-1) the recognition score of a line read upside down must be to believe the classifier.
 FLIP_MARGIN = 0.1
@@ -76,12 +77,13 @@ class LocalEngine(Engine):
                     self._ocr = RapidOCR(params=RAPIDOCR_PARAMS)
         return self._ocr
 
-    def _detector(self, alone: bool) -> Any:
-        """The text detector for one page. Detection is what the first text of a page waits for, so a page
-        read alone detects with every core; pages read side by side keep one ONNX Runtime thread each (more
-        threads than cores then would slow both)."""
+    def _first_models(self, alone: bool) -> tuple[Any, Any]:
+        """The text detector and the recogniser of the first line for one page: what the first text of a page
+        waits for. A page read alone uses every core for them; pages read side by side keep one ONNX Runtime
+        thread each (more threads than cores then would slow both)."""
         if not alone or self._cores < 2:
-            return self._rapidocr()._load_det_model()
+            ocr = self._rapidocr()
+            return ocr._load_det_model(), ocr._load_rec_model()
         if self._wide_ocr is None:
             with self._build_lock:
                 if self._wide_ocr is None:
@@ -89,7 +91,7 @@ class LocalEngine(Engine):
 
                     params = {**RAPIDOCR_PARAMS, "EngineConfig.onnxruntime.intra_op_num_threads": self._cores}
                     self._wide_ocr = RapidOCR(params=params)
-        return self._wide_ocr._load_det_model()
+        return self._wide_ocr._load_det_model(), self._wide_ocr._load_rec_model()
 
     def read_lines(self, image: Image.Image) -> list[dict]:
         """Blocking: the page's lines in reading order, each ``{"text", "box", "score"}`` (box in pixels)."""
@@ -113,12 +115,13 @@ class LocalEngine(Engine):
             self._in_flight += 1
             alone = self._in_flight == 1
         try:
-            return self._read(ocr, pixels, self._detector(alone), emit)
+            det, first_rec = self._first_models(alone)
+            return self._read(ocr, pixels, det, first_rec, emit)
         finally:
             with self._in_flight_lock:
                 self._in_flight -= 1
 
-    def _read(self, ocr: Any, pixels: Any, det: Any, emit: Callable[[str], bool] | None) -> PageReading:
+    def _read(self, ocr: Any, pixels: Any, det: Any, first_rec: Any, emit: Callable[[str], bool] | None) -> PageReading:
         import numpy as np
 
         quads, crops = _detect(ocr, det, pixels)
@@ -126,7 +129,7 @@ class LocalEngine(Engine):
             return PageReading([], "", 0)
         flips, maybe = _classify(ocr, crops)
         quarter = page_rotation(quads, flips)
-        if not quarter and _upside_down(ocr, quads, crops, maybe):
+        if not quarter and _upside_down(first_rec, quads, crops, maybe):
             quarter = 2
         if quarter:
             pixels = np.ascontiguousarray(np.rot90(pixels, quarter))
@@ -140,14 +143,15 @@ class LocalEngine(Engine):
         scores = [0.0] * len(quads)
         rec = ocr._load_rec_model()
         start, size = 0, FIRST_BATCH
+        batch_rec = first_rec
         streamed: list[str] = []
         while start < len(order):
             batch = order[start : start + size]
             start += size
             size = BATCH
-            for index, (text, score) in zip(
-                batch, _recognise(rec, [crops[i] for i in batch], [flips[i] for i in batch]), strict=True
-            ):
+            readings = _recognise(batch_rec, [crops[i] for i in batch], [flips[i] for i in batch])
+            batch_rec = rec
+            for index, (text, score) in zip(batch, readings, strict=True):
                 # The same filter as RapidOCR's own pipeline: empty readings and low scores are dropped.
                 if text.strip() and score >= ocr.text_score:
                     texts[index], scores[index] = text, score
@@ -252,8 +256,8 @@ class LocalEngine(Engine):
         ImageDraw.Draw(image).text((24, 160), "Warm up 123", fill="black", font=ImageFont.load_default(28))
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._threads, self.read_page, image)
-        # That page was read alone, with the all-core detector: load the one pages share when read side by side.
-        await loop.run_in_executor(self._threads, self._detector, False)
+        # That page was read alone, with the all-core models: load the ones pages share when read side by side.
+        await loop.run_in_executor(self._threads, self._first_models, False)
 
 
 @dataclass(slots=True)
@@ -302,7 +306,7 @@ def _classify(ocr: Any, crops: list[Any]) -> tuple[list[bool], list[bool]]:
     return sure, maybe
 
 
-def _upside_down(ocr: Any, quads: list[list[tuple[float, float]]], crops: list[Any], maybe: list[bool]) -> bool:
+def _upside_down(rec: Any, quads: list[list[tuple[float, float]]], crops: list[Any], maybe: list[bool]) -> bool:
     """Whether a page of wide lines is upside down. The classifier alone is unsure on whole pages turned round
     (it calls a third of their lines upright), so when it leans that way at all, the longest lines are read
     both ways and the recognition scores decide."""
@@ -311,7 +315,7 @@ def _upside_down(ocr: Any, quads: list[list[tuple[float, float]]], crops: list[A
     if not total or sum(length for length, flipped in zip(lengths, maybe, strict=True) if flipped) < 0.3 * total:
         return False
     longest = sorted(range(len(crops)), key=lambda k: -lengths[k])[:PAGE_SAMPLE]
-    upright, turned = _slice_scores(ocr._load_rec_model(), [crops[k] for k in longest])
+    upright, turned = _slice_scores(rec, [crops[k] for k in longest])
     return statistics.mean(turned) > statistics.mean(upright) + FLIP_MARGIN
 
 
