@@ -30,7 +30,7 @@ load_dotenv(BASE_DIR / ".env")
 
 DATA_DIR = Path(env_str("OCR_DATA_DIR") or BASE_DIR / "_data")
 
-# --- Core -------------------------------------------------------------------------------------------------
+# --- Core ----------------------------------------------------------------------------------------------------
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
@@ -58,9 +58,22 @@ INSTALLED_APPS = [
     "ocr",
 ]
 
-# Django's standard stack, as subclasses that run their hooks inline under ASGI (see myocr/middleware.py).
+# The whole stack, outermost first. Django's standard middleware are subclasses that run their hooks inline under
+# ASGI (see myocr/middleware.py).
 MIDDLEWARE = [
+    # Under /api/ every error is the JSON error body, whichever layer inside it answered (myocr/http.py). Outside
+    # the metrics middleware: Django offers a view's exception to the innermost middleware first and stops at the
+    # first answer, and the metrics middleware must count it before this one answers it.
+    "myocr.http.ApiErrorsMiddleware",
+    # django-prometheus' HTTP metrics, recorded by one middleware instead of its two, which cost two thread hops
+    # per request under ASGI and stop timing a stream when the view returns. Early, so that it times the rest.
+    "myocr.metrics.PrometheusMiddleware",
     "myocr.middleware.SecurityMiddleware",
+    # Content-Security-Policy, Permissions-Policy and the other headers Django does not set (myocr/security.py).
+    "myocr.security.SecurityHeadersMiddleware",
+    # WhiteNoise serves collected static files, with async responses under ASGI (see myocr/staticfiles.py);
+    # under DEBUG, Django's staticfiles app serves them.
+    *([] if DEBUG else ["myocr.staticfiles.AsyncWhiteNoiseMiddleware"]),
     "myocr.middleware.SessionMiddleware",
     "myocr.middleware.LocaleMiddleware",
     "myocr.middleware.CommonMiddleware",
@@ -91,7 +104,7 @@ TEMPLATES = [
     },
 ]
 
-# --- Database ---------------------------------------------------------------------------------------------
+# --- Database ------------------------------------------------------------------------------------------------
 
 DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'myocr.sqlite3'}"
 # Connections are kept: requests' synchronous work runs on a few long-lived threads (myocr/handler.py), so a
@@ -127,7 +140,7 @@ DATABASES = {"default": _database}
 DJANGO_SYNC_THREADS = env_int("DJANGO_SYNC_THREADS", 1 if _SQLITE else 4, minimum=1)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- Auth -------------------------------------------------------------------------------------------------
+# --- Auth ----------------------------------------------------------------------------------------------------
 
 AUTH_ENABLED = env_bool("AUTH_ENABLED", True)
 ANONYMOUS_USERNAME = "anonymous"
@@ -146,7 +159,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-# --- Internationalisation ---------------------------------------------------------------------------------
+# --- Internationalisation ------------------------------------------------------------------------------------
 
 LANGUAGE_CODE = env_str("LANGUAGE_CODE", "en")
 LANGUAGES = [("en", _("English")), ("zh-hans", _("Simplified Chinese"))]
@@ -155,7 +168,7 @@ TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
 
-# --- Static and uploaded files ----------------------------------------------------------------------------
+# --- Static and uploaded files -------------------------------------------------------------------------------
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT") or DATA_DIR / "static")
@@ -171,7 +184,7 @@ STORAGES = {
     },
 }
 
-# --- Channels and cache -----------------------------------------------------------------------------------
+# --- Channels and cache --------------------------------------------------------------------------------------
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
@@ -187,7 +200,7 @@ else:
     CACHES = {"default": {"BACKEND": "django_prometheus.cache.backends.locmem.LocMemCache"}}
 
 
-# --- Security ---------------------------------------------------------------------------------------------
+# --- Security ------------------------------------------------------------------------------------------------
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
@@ -206,7 +219,7 @@ if not DEBUG:
 if env_bool("USE_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-# --- OCR --------------------------------------------------------------------------------------------------
+# --- OCR -----------------------------------------------------------------------------------------------------
 
 LLM_BASE_URL = env_str("LLM_BASE_URL")
 LLM_API_KEY = env_str("LLM_API_KEY", "EMPTY")
@@ -247,7 +260,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR") or None
 
-# --- Logging ----------------------------------------------------------------------------------------------
+# --- Logging -------------------------------------------------------------------------------------------------
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOGGING = {
@@ -268,7 +281,7 @@ LOGGING = {
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-# --- Web pages (issue 3) ------------------------------------------------------------------------------------
+# --- Live jobs in the browser (ocr/live.py) ------------------------------------------------------------------
 
 #: Live browser jobs store the partial text of running pages this often (a reconnecting browser starts there).
 OCR_LIVE_FLUSH_SECONDS = env_float("OCR_LIVE_FLUSH_SECONDS", 1.0, minimum=0.05)
@@ -278,22 +291,9 @@ OCR_LIVE_PUBLISH_SECONDS = env_float("OCR_LIVE_PUBLISH_SECONDS", 0.05, minimum=0
 OCR_LIVE_POLL_SECONDS = env_float("OCR_LIVE_POLL_SECONDS", 10.0, minimum=0.1)
 # A follower that falls behind loses messages beyond the capacity and then catches up from the database.
 CHANNEL_LAYERS["default"].setdefault("CONFIG", {})["capacity"] = 1000
-if not DEBUG:
-    # WhiteNoise serves collected static files, with async responses under ASGI (see myocr/staticfiles.py).
-    _security = next(i for i, name in enumerate(MIDDLEWARE) if name.endswith(".SecurityMiddleware"))
-    MIDDLEWARE.insert(_security + 1, "myocr.staticfiles.AsyncWhiteNoiseMiddleware")
 
-# --- Metrics and monitoring (issue 4) -----------------------------------------------------------------------
+# --- Metrics and monitoring (myocr/metrics.py, ocr/metrics.py) -----------------------------------------------
 
-# django-prometheus' HTTP metrics are recorded by ``myocr.metrics.PrometheusMiddleware`` instead of its two
-# middlewares, which cost two thread hops per request under ASGI and stop timing a stream when the view returns.
-# It goes first (but for the API's error bodies) so that it times everything after it (its "before" and "after"
-# figures are taken in one place).
-MIDDLEWARE.insert(0, "myocr.metrics.PrometheusMiddleware")
-# Under /api/ every error is the JSON error body, whichever layer inside it answered (myocr/http.py). Outside the
-# metrics middleware: Django offers a view's exception to the innermost middleware first and stops at the first
-# answer, and the metrics middleware must count it before this one answers it.
-MIDDLEWARE.insert(0, "myocr.http.ApiErrorsMiddleware")
 #: Its migrations gauges run queries in ``AppConfig.ready()``, which under ASGI is inside the event loop and fails
 #: (django-prometheus issue #260); ``manage.py migrate --check`` answers the question at deploy time instead.
 PROMETHEUS_EXPORT_MIGRATIONS = False
@@ -314,7 +314,7 @@ try:
 except ValueError as _error:
     raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {_error}") from None
 
-# --- Reliability and security (issue 6) ---------------------------------------------------------------------
+# --- Limits per user and address, process heartbeats (accounts/, ocr/workers.py) -----------------------------
 
 #: OCR jobs one user may have running at once, API and browser together (0: no limit). Staff can set a different
 #: limit for one user in the admin (accounts › User limits).
@@ -333,7 +333,7 @@ OCR_REGISTER_WINDOW_SECONDS = env_int("OCR_REGISTER_WINDOW_SECONDS", 60 * 60, mi
 #: heartbeats (or, on the same host, of a process that no longer exists) are marked interrupted.
 OCR_WORKER_HEARTBEAT_SECONDS = env_float("OCR_WORKER_HEARTBEAT_SECONDS", 15.0, minimum=0.1)
 
-# --- The task queue (ocr/queue.py) ---
+# --- The task queue (ocr/queue.py, ocr/sharing.py) -----------------------------------------------------------
 #: A ``redis://`` or ``amqp://`` URL: browser uploads and the job API then run as tasks of worker processes
 #: (``manage.py ocr_worker``) on any number of machines. Unset: they run in the web process that received them.
 OCR_QUEUE_URL = env_str("OCR_QUEUE_URL")
@@ -357,7 +357,7 @@ OCR_JOB_SHARE_POLL_SECONDS = env_float("OCR_JOB_SHARE_POLL_SECONDS", 1.0, minimu
 OCR_ENGINE_RETRIES = env_int("OCR_ENGINE_RETRIES", 2, minimum=0, maximum=10)
 OCR_ENGINE_RETRY_SECONDS = env_float("OCR_ENGINE_RETRY_SECONDS", 1.0, minimum=0.0)
 
-# --- Webhooks (ocr/webhooks.py) ---
+# --- Webhooks (ocr/webhooks.py) ------------------------------------------------------------------------------
 #: Allow callback URLs on loopback, private and link-local addresses (a receiver on the same network; tests).
 OCR_WEBHOOK_ALLOW_PRIVATE = env_bool("OCR_WEBHOOK_ALLOW_PRIVATE", False)
 OCR_WEBHOOK_TIMEOUT_SECONDS = env_float("OCR_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
@@ -377,7 +377,3 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 # Django's deploy checks find the security middleware by dotted path; ours are subclasses under other paths
 # (myocr/middleware.py), so myocr.security re-runs those checks under its own ids and these three are silenced.
 SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
-MIDDLEWARE.insert(
-    next(i for i, name in enumerate(MIDDLEWARE) if name.endswith(".SecurityMiddleware")) + 1,
-    "myocr.security.SecurityHeadersMiddleware",
-)
