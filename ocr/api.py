@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
@@ -298,7 +297,7 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponse:
     raw_after = request.GET.get("after", "0")
     if not raw_after.isdigit():
         raise ApiError("after is the seq of the last frame you have (a non-negative integer).", code="invalid_filter")
-    frames = job_frames(job, after=int(raw_after), poll=settings.OCR_LIVE_POLL_SECONDS)
+    frames = job_frames(job, after=int(raw_after), poll=ocr_config().live_poll_seconds)
     response = StreamingHttpResponse(ndjson_frames_stream(frames, job.kind), content_type=NDJSON_CONTENT_TYPE)
     response["Cache-Control"] = "no-store"
     response["X-Accel-Buffering"] = "no"

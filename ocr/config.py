@@ -57,6 +57,11 @@ class OcrConfig:
     pages_per_worker: int = 16
     max_workers_per_job: int = 4
     share_poll_seconds: float = 1.0
+    #: Live jobs (``ocr/live.py``): how often a running job stores its partial text and publishes its events, and
+    #: how often a follower with nothing arriving re-reads the job (and sends a keep-alive).
+    live_flush_seconds: float = 1.0
+    live_publish_seconds: float = 0.05
+    live_poll_seconds: float = 10.0
 
 
 def resolve_engine_name(choice: str, base_url: str) -> str:
@@ -122,6 +127,9 @@ def ocr_config() -> OcrConfig:
         pages_per_worker=settings.OCR_JOB_PAGES_PER_WORKER,
         max_workers_per_job=settings.OCR_JOB_MAX_WORKERS,
         share_poll_seconds=settings.OCR_JOB_SHARE_POLL_SECONDS,
+        live_flush_seconds=settings.OCR_LIVE_FLUSH_SECONDS,
+        live_publish_seconds=settings.OCR_LIVE_PUBLISH_SECONDS,
+        live_poll_seconds=settings.OCR_LIVE_POLL_SECONDS,
     )
 
 

@@ -37,9 +37,9 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.conf import settings
 
 from ocr import metrics
+from ocr.config import ocr_config
 from ocr.models import JobStatus, OcrJob, OcrJobEvents, OcrPage, PageStatus
 from ocr.pipeline import Event, JobRun, Logged, page_end_event
 from ocr.services import cancel_requested, live_job_close, live_pages_store, outcome_from_page
@@ -59,11 +59,11 @@ def control_group(job_id: uuid.UUID | str) -> str:
 
 
 def flush_interval() -> float:
-    return getattr(settings, "OCR_LIVE_FLUSH_SECONDS", 1.0)
+    return ocr_config().live_flush_seconds
 
 
 def publish_interval() -> float:
-    return getattr(settings, "OCR_LIVE_PUBLISH_SECONDS", 0.05)
+    return ocr_config().live_publish_seconds
 
 
 # --- Runner ---------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from dataclasses import replace
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import (
@@ -55,7 +54,6 @@ PAGE_SIZE = 20
 THUMBNAIL_PAGES = 4
 THUMBNAIL_WIDTH = 240
 PAGE_IMAGE_DPI = 110
-SSE_POLL_SECONDS = 10.0
 
 
 async def healthz(request: HttpRequest) -> HttpResponse:
@@ -257,7 +255,7 @@ async def job_events(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     async def stream():
         # Something at once, so that the headers go out and the browser knows the stream is open.
         yield b"retry: 2000\n: connected\n\n"
-        async with aclosing(follow_job(job.pk, since=since, poll=_poll_seconds())) as updates:
+        async with aclosing(follow_job(job.pk, since=since, poll=ocr_config().live_poll_seconds)) as updates:
             async for update in updates:
                 with translation.override(language):
                     html = renderer.render(update)
@@ -273,10 +271,6 @@ async def job_events(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     # Keeps compressing middleware from buffering the stream (django-browser-reload does the same).
     response["Content-Encoding"] = ""
     return response
-
-
-def _poll_seconds() -> float:
-    return getattr(settings, "OCR_LIVE_POLL_SECONDS", SSE_POLL_SECONDS)
 
 
 def _last_event_id(request: HttpRequest) -> int | None:
