@@ -19,6 +19,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
 from myocr.http import ApiError, error_response
+from ocr.prompts import MAX_PROMPT_CHARS
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
@@ -27,7 +28,6 @@ JOB_STATUSES = ["done", "partial", "failed", "cancelled"]
 STORED_JOB_STATUSES = ["queued", "running", *JOB_STATUSES, "interrupted"]
 PAGE_STATUSES = ["done", "truncated", "failed", "cancelled"]
 STORED_PAGE_STATUSES = ["running", *PAGE_STATUSES]
-MAX_PROMPT_CHARS = 4000
 
 # --- schema helpers ---------------------------------------------------------------------------------------
 

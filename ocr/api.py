@@ -19,6 +19,7 @@ from ocr.jobs import cancel_job, retry_failed_pages, submit_job
 from ocr.live import job_frames
 from ocr.models import JobKind, JobSource, JobStatus, OcrJob
 from ocr.pipeline import prepare_job
+from ocr.prompts import PromptError, check_prompt
 from ocr.selectors import ajob_detail, ajob_for_owner, job_as_dict, visible_jobs_for_owner
 from ocr.services import JobNotFinished, job_abandon, job_delete
 from ocr.transports import NDJSON_CONTENT_TYPE, ndjson_frames_stream, ndjson_stream
@@ -65,10 +66,10 @@ def clean_prompt(raw: str | None) -> str:
     prompt = (raw or "").strip()
     if not prompt:
         return config.default_prompt
-    if len(prompt) > config.max_prompt_chars:
-        raise ApiError(f"The prompt is longer than {config.max_prompt_chars} characters.", code="invalid_prompt")
-    if "\x00" in prompt:
-        raise ApiError("The prompt contains a NUL character.", code="invalid_prompt")
+    try:
+        check_prompt(prompt)
+    except PromptError as exc:
+        raise ApiError(exc.message, code="invalid_prompt") from None
     return prompt
 
 

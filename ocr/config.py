@@ -42,7 +42,6 @@ class OcrConfig:
     total_timeout: float
     warmup: bool
     keep_uploads: bool
-    max_prompt_chars: int = 4000
     engine_retries: int = 2
     engine_retry_seconds: float = 1.0
     #: Every server of ``LLM_BASE_URL`` (comma-separated); ``llm_base_url`` is the first, or the only one.

@@ -10,6 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ocr.config import ocr_config
 from ocr.engines.profiles import DOCUMENT_PROMPT
+from ocr.prompts import MAX_PROMPT_CHARS, PromptError, check_prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,10 @@ PRESETS: tuple[Preset, ...] = (
     Preset("custom", _("Custom prompt"), _("Type your own prompt below."), "{text}"),
 )
 PRESETS_BY_KEY = {preset.key: preset for preset in PRESETS}
+PROMPT_PROBLEMS = {
+    "too_long": _("The prompt is too long."),
+    "not_allowed": _("The text contains a character that is not allowed."),
+}
 EMBEDDED_CANNOT = _("The embedded CPU engine reads text only: this needs the DeepSeek-OCR engine.")
 
 
@@ -80,7 +85,7 @@ class UploadForm(forms.Form):
     text = forms.CharField(
         label=_("Prompt or phrase"),
         required=False,
-        max_length=4000,
+        max_length=MAX_PROMPT_CHARS,
         widget=forms.Textarea(attrs={"rows": 2}),
     )
 
@@ -100,11 +105,11 @@ class UploadForm(forms.Form):
         if "{text}" in preset.prompt and not text:
             self.add_error("text", _("Type the prompt or the phrase to find."))
             return data
-        if "\x00" in text:
-            self.add_error("text", _("The text contains a character that is not allowed."))
-            return data
         prompt = preset.prompt.replace("{text}", text) if preset.prompt else ocr_config().default_prompt
-        if len(prompt) > ocr_config().max_prompt_chars:
-            self.add_error("text", _("The prompt is too long."))
+        try:
+            check_prompt(prompt)
+        except PromptError as exc:
+            self.add_error("text", PROMPT_PROBLEMS[exc.reason])
+            return data
         data["prompt"] = prompt
         return data
