@@ -20,14 +20,16 @@ from django.views.decorators.csrf import csrf_exempt
 
 from myocr.http import ApiError, error_response
 from ocr.prompts import MAX_PROMPT_CHARS
+from ocr.statuses import JobKind, JobStatus, PageStatus
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
 NDJSON = "application/x-ndjson"
-JOB_STATUSES = ["done", "partial", "failed", "cancelled"]
-STORED_JOB_STATUSES = ["queued", "running", *JOB_STATUSES, "interrupted"]
-PAGE_STATUSES = ["done", "truncated", "failed", "cancelled"]
-STORED_PAGE_STATUSES = ["running", *PAGE_STATUSES]
+JOB_STATUSES = [status.value for status in JobStatus.run_endings()]
+STORED_JOB_STATUSES = [status.value for status in JobStatus]
+PAGE_STATUSES = [status.value for status in PageStatus.final()]
+STORED_PAGE_STATUSES = [status.value for status in PageStatus]
+KINDS = [kind.value for kind in JobKind]
 
 # --- schema helpers ---------------------------------------------------------------------------------------
 
@@ -233,7 +235,7 @@ def schemas() -> dict[str, Any]:
         "JobSummary": obj(
             {
                 "id": UUID,
-                "kind": {"enum": ["image", "pdf"]},
+                "kind": {"enum": KINDS},
                 "status": {"enum": STORED_JOB_STATUSES},
                 "source": {"enum": ["api", "web", "cli"]},
                 "file_name": TEXT,
@@ -321,7 +323,7 @@ def schemas() -> dict[str, Any]:
                 },
                 "meta": nullable({"type": "string", "description": "A JSON object: job id, file name, pages, status."}),
                 "job_id": UUID,
-                "kind": {"enum": ["image", "pdf"]},
+                "kind": {"enum": KINDS},
                 "status": {"enum": STORED_JOB_STATUSES},
                 "created_at": TIMESTAMP,
                 "file_name": TEXT,
@@ -479,8 +481,8 @@ def job_api_schemas() -> dict[str, Any]:
         "QueuedJob": obj(
             {
                 "job_id": UUID,
-                "status": {"enum": ["queued", "running"]},
-                "kind": {"enum": ["image", "pdf"]},
+                "status": {"enum": [JobStatus.QUEUED.value, JobStatus.RUNNING.value]},
+                "kind": {"enum": KINDS},
                 "file_name": TEXT,
                 "pages": COUNT,
                 **links,
@@ -544,7 +546,7 @@ def job_api_paths() -> dict[str, Any]:
                 "summary": "Your jobs, newest first",
                 "parameters": [
                     {"name": "status", "in": "query", "schema": {"enum": STORED_JOB_STATUSES}},
-                    {"name": "kind", "in": "query", "schema": {"enum": ["image", "pdf"]}},
+                    {"name": "kind", "in": "query", "schema": {"enum": KINDS}},
                     {"name": "page", "in": "query", "schema": PAGE_NUMBER},
                     {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
                 ],

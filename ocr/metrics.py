@@ -24,14 +24,16 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ocr.statuses import JobKind, JobStatus, PageStatus
+
 if TYPE_CHECKING:
     import asyncio
 
     from ocr.services import PageOutcome
 
-KINDS = ("image", "pdf")
-PAGE_STATUSES = ("done", "truncated", "failed", "cancelled")
-JOB_STATUSES = ("done", "partial", "failed", "cancelled")
+KINDS = tuple(kind.value for kind in JobKind)
+PAGE_STATUSES = tuple(status.value for status in PageStatus.final())
+JOB_STATUSES = tuple(status.value for status in JobStatus.run_endings())
 FINISH_REASONS = ("stop", "length")
 ERROR_CODES = (
     "engine_unavailable",

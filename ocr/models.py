@@ -14,43 +14,9 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django_prometheus.models import ExportModelOperationsMixin
 
-
-class JobKind(models.TextChoices):
-    IMAGE = "image", _("Image")
-    PDF = "pdf", _("PDF")
-
-
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", _("Queued")
-    RUNNING = "running", _("Running")
-    DONE = "done", _("Done")
-    PARTIAL = "partial", _("Partial")
-    FAILED = "failed", _("Failed")
-    CANCELLED = "cancelled", _("Cancelled")
-    INTERRUPTED = "interrupted", _("Interrupted")
-
-    @classmethod
-    def terminal(cls) -> frozenset[str]:
-        return frozenset({cls.DONE, cls.PARTIAL, cls.FAILED, cls.CANCELLED, cls.INTERRUPTED})
-
-    @classmethod
-    def open(cls) -> frozenset[str]:
-        """Not ended yet: waiting for a runner, or being run."""
-        return frozenset({cls.QUEUED, cls.RUNNING})
-
-
-class PageStatus(models.TextChoices):
-    RUNNING = "running", _("Running")
-    DONE = "done", _("Done")
-    TRUNCATED = "truncated", _("Cut off")
-    FAILED = "failed", _("Failed")
-    CANCELLED = "cancelled", _("Cancelled")
-
-
-class JobSource(models.TextChoices):
-    API = "api", _("API")
-    WEB = "web", _("Web")
-    CLI = "cli", _("Command line")
+# The status vocabulary lives in ocr/statuses.py (metrics, the OpenAPI document and the tests read it without the
+# models); most callers import it from here, with the models.
+from ocr.statuses import JobKind, JobSource, JobStatus, PageStatus
 
 
 def upload_path(job: OcrJob, filename: str) -> str:

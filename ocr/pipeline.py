@@ -447,16 +447,17 @@ class JobRun:
         first_text = None if self._first_delta_ms is None else self._first_delta_ms / 1000
         metrics.job_finished(kind=self.job.kind, status=status, seconds=elapsed, first_text_seconds=first_text)
         shared = self.share is not None
+        # A shared job's pages other workers still hold end as this one's.
+        left_running = PageStatus.CANCELLED if status == JobStatus.CANCELLED else PageStatus.FAILED
         try:
             # Shielded: a client that leaves must not stop the ledger from being written.
             await asyncio.shield(
                 job_close(
                     job_id=self.job.pk,
                     status=status,
-                    # A shared job's usage is folded from its stored pages, with the pages other workers still
-                    # held closed as this one's.
+                    # A shared job's usage is folded from its stored pages.
                     totals=None if shared else self.totals,
-                    running_pages=("cancelled" if status == JobStatus.CANCELLED else "failed") if shared else "",
+                    running_pages=left_running if shared else "",
                     unrecorded=unrecorded,
                     first_delta_ms=self._first_delta_ms,
                     duration_ms=duration_ms,

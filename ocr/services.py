@@ -14,7 +14,7 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ocr.models import JobStatus, OcrJob, OcrJobEvents, OcrPage
+from ocr.models import JobStatus, OcrJob, OcrJobEvents, OcrPage, PageStatus
 
 #: Identifies this server process in ``OcrJob.worker``, so a restarted process can find the jobs it left.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -67,12 +67,12 @@ class JobTotals:
         self.prompt_tokens += outcome.prompt_tokens
         self.completion_tokens += outcome.completion_tokens
         self.completion_chars += outcome.completion_chars
-        if outcome.status != "cancelled" or outcome.completion_tokens:
+        if outcome.status != PageStatus.CANCELLED or outcome.completion_tokens:
             self.prompt_chars += prompt_chars
         self.estimated = self.estimated or outcome.estimated
-        if outcome.status in ("done", "truncated"):
+        if outcome.status in (PageStatus.DONE, PageStatus.TRUNCATED):
             self.pages_done += 1
-        elif outcome.status == "failed":
+        elif outcome.status == PageStatus.FAILED:
             self.pages_failed += 1
         self.statuses[outcome.status] = self.statuses.get(outcome.status, 0) + 1
 
@@ -254,7 +254,7 @@ def _close_job(
         for outcome in unrecorded:
             _record_page(job_id=job_id, outcome=outcome)
         if running_pages:
-            left = OcrPage.objects.filter(job_id=job_id, status="running")
+            left = OcrPage.objects.filter(job_id=job_id, status=PageStatus.RUNNING)
             left.exclude(text="").update(usage_estimated=True)
             left.update(status=running_pages, error_code=error_code, error_message=error_message, finished_at=now)
         if job is not None:
@@ -351,8 +351,8 @@ def _kept_pages(*, job_id: object) -> list[PageOutcome]:
     were still running when the previous runner stopped are removed (their pages run again from the start),
     except those another worker sharing the job still holds (``OcrPage.runner``; ``pages_release`` frees the
     ones of workers that are gone)."""
-    OcrPage.objects.filter(job_id=job_id, status="running", runner="").delete()
-    final = OcrPage.objects.filter(job_id=job_id).exclude(status="running").order_by("number")
+    OcrPage.objects.filter(job_id=job_id, status=PageStatus.RUNNING, runner="").delete()
+    final = OcrPage.objects.filter(job_id=job_id).exclude(status=PageStatus.RUNNING).order_by("number")
     return [outcome_from_page(page) for page in final]
 
 
@@ -398,7 +398,7 @@ def _retry_failed_pages(*, job_id: object) -> int:
         if job is None or job.status not in JobStatus.terminal() or not job.upload:
             return 0
         stored = dict(OcrPage.objects.filter(job_id=job_id).values_list("number", "status"))
-        final = {number for number, status in stored.items() if status in ("done", "truncated")}
+        final = {number for number, status in stored.items() if status in (PageStatus.DONE, PageStatus.TRUNCATED)}
         again = job.page_count - len(final)
         if again == 0:
             return 0
@@ -442,11 +442,11 @@ def _store_live_pages(*, job_id: object, seq: int, texts: dict[int, str], frames
         OcrJob.objects.filter(pk=job_id, live_seq__lt=seq).update(live_seq=seq)
         if texts:
             OcrPage.objects.bulk_create(
-                [OcrPage(job_id=job_id, number=number, status="running", started_at=now) for number in texts],
+                [OcrPage(job_id=job_id, number=number, status=PageStatus.RUNNING, started_at=now) for number in texts],
                 ignore_conflicts=True,
             )
             for number, text in texts.items():
-                OcrPage.objects.filter(job_id=job_id, number=number, status="running").update(
+                OcrPage.objects.filter(job_id=job_id, number=number, status=PageStatus.RUNNING).update(
                     text=text, text_seq=seq, completion_chars=len(text)
                 )
         if frames:
@@ -467,7 +467,7 @@ def _close_live_job(*, job_id: object, seq: int, status_if_running: str) -> str:
             job_id=job_id,
             status=status_if_running,
             reason="cancelled_by_owner" if cancelled else "crashed",
-            running_pages="cancelled" if cancelled else "failed",
+            running_pages=PageStatus.CANCELLED if cancelled else PageStatus.FAILED,
         )
         OcrJob.objects.filter(pk=job_id, live_seq__lt=seq).update(live_seq=seq)
         return OcrJob.objects.filter(pk=job_id).values_list("status", flat=True).first() or status_if_running
@@ -508,7 +508,7 @@ def jobs_interrupt(*, job_ids: list[object]) -> int:
     several processes may recover the same jobs at once. Returns the number of jobs closed.
     """
     return sum(
-        _close_job(job_id=job_id, status=JobStatus.INTERRUPTED, reason="interrupted", running_pages="failed")
+        _close_job(job_id=job_id, status=JobStatus.INTERRUPTED, reason="interrupted", running_pages=PageStatus.FAILED)
         for job_id in job_ids
     )
 
@@ -547,13 +547,13 @@ def _claim_page(*, job_id: object, numbers: Iterable[int]) -> int | None:
             try:
                 with transaction.atomic():
                     OcrPage.objects.create(
-                        job_id=job_id, number=number, status="running", runner=WORKER_ID, started_at=now
+                        job_id=job_id, number=number, status=PageStatus.RUNNING, runner=WORKER_ID, started_at=now
                     )
             except IntegrityError:
                 continue  # another worker took it first
             return number
-        if row == ("running", ""):
-            taken = OcrPage.objects.filter(job_id=job_id, number=number, status="running", runner="").update(
+        if row == (PageStatus.RUNNING, ""):
+            taken = OcrPage.objects.filter(job_id=job_id, number=number, status=PageStatus.RUNNING, runner="").update(
                 runner=WORKER_ID, started_at=now, text="", text_seq=0, completion_chars=0
             )
             if taken:
@@ -571,7 +571,7 @@ def _record_shared_page(*, job_id: object, outcome: PageOutcome) -> bool:
     with transaction.atomic():
         if not OcrJob.objects.select_for_update().filter(pk=job_id, status=JobStatus.RUNNING).values("pk").first():
             return False
-        mine = OcrPage.objects.filter(job_id=job_id, number=outcome.number, status="running", runner=WORKER_ID)
+        mine = OcrPage.objects.filter(job_id=job_id, number=outcome.number, status=PageStatus.RUNNING, runner=WORKER_ID)
         if not mine.exists():
             return False
         _record_page(job_id=job_id, outcome=outcome)
@@ -594,7 +594,7 @@ def _page_states(*, job_id: object) -> PageStates:
     for number, status, runner, started_at in OcrPage.objects.filter(job_id=job_id).values_list(
         "number", "status", "runner", "started_at"
     ):
-        if status == "running":
+        if status == PageStatus.RUNNING:
             states.held[number] = (runner, started_at)
         else:
             states.final.add(number)
@@ -607,7 +607,7 @@ page_states = sync_to_async(_page_states)
 def _stored_pages(*, job_id: object, numbers: Iterable[int]) -> list[PageOutcome]:
     return [
         outcome_from_page(page)
-        for page in OcrPage.objects.filter(job_id=job_id, number__in=list(numbers)).exclude(status="running")
+        for page in OcrPage.objects.filter(job_id=job_id, number__in=list(numbers)).exclude(status=PageStatus.RUNNING)
     ]
 
 
@@ -616,7 +616,7 @@ stored_pages = sync_to_async(_stored_pages)
 
 def _release_pages(*, job_id: object, runners: Iterable[str]) -> int:
     """Free the running pages that workers now gone held, for any runner of the job to claim again."""
-    return OcrPage.objects.filter(job_id=job_id, status="running", runner__in=list(runners)).update(runner="")
+    return OcrPage.objects.filter(job_id=job_id, status=PageStatus.RUNNING, runner__in=list(runners)).update(runner="")
 
 
 pages_release = sync_to_async(_release_pages)

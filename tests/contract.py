@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ocr.statuses import JobStatus
+
 IMAGE_USAGE_KEYS = {"prompt_tokens", "completion_tokens", "prompt_chars", "completion_chars", "input_bytes"}
 PAGE_USAGE_KEYS = {"prompt_tokens", "completion_tokens", "completion_chars"}
-JOB_STATUSES = {"done", "partial", "failed", "cancelled"}
+JOB_STATUSES = set(JobStatus.run_endings())
 
 
 def assert_contract(frames: list[dict[str, Any]], kind: str) -> dict[str, Any]:
