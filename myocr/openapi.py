@@ -657,6 +657,12 @@ def job_api_paths() -> dict[str, Any]:
                 ("md", "Markdown", "text/markdown", {"type": "string"}),
                 ("txt", "plain text", "text/plain", {"type": "string"}),
                 ("json", "JSON (the job with its pages)", "application/json", {"type": "string"}),
+                (
+                    "docx",
+                    "a Word document (headings, paragraphs, lists and tables from the Markdown; a page per page)",
+                    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                    {"type": "string", "format": "binary"},
+                ),
             )
         },
         "/api/jobs/{job_id}/result.pdf": {

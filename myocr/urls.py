@@ -18,7 +18,7 @@ api_patterns = [
     path("jobs/<str:job_id>/retry", ocr_api.job_retry, name="job-retry"),
     *(
         path(f"jobs/<str:job_id>/result.{fmt}", ocr_api.job_result, {"fmt": fmt}, name=f"job-result-{fmt}")
-        for fmt in ("md", "txt", "json", "pdf")
+        for fmt in ("md", "txt", "json", "pdf", "docx")
     ),
     path("auth/register", accounts_api.register, name="register"),
     path("auth/token", accounts_api.issue_token, name="token"),

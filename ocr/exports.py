@@ -1,5 +1,5 @@
-"""A job's result as a file: Markdown, plain text, JSON or a searchable PDF, the same for the browser's downloads and
-the API."""
+"""A job's result as a file: Markdown, plain text, JSON, a searchable PDF or a Word document, the same for the
+browser's downloads and the API."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from django.http import HttpResponse
 from django.utils.http import content_disposition_header
 from django.utils.translation import gettext as _
 
-from ocr import searchable_pdf, selectors
+from ocr import docx_export, searchable_pdf, selectors
 from ocr.errors import OcrError
 from ocr.models import OcrJob
 from ocr.rendering import render_page
 
-FORMATS = ("md", "txt", "json", "pdf")
+FORMATS = ("md", "txt", "json", "pdf", "docx")
+DOCX_CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
 
 class ExportUnavailable(OcrError):
@@ -55,6 +56,12 @@ def export_job(job: OcrJob, fmt: str) -> Export:
             file_name=download_name(job.file_name, "pdf"),
         )
     rendered = [(page, render_page(page.text, page.layout)) for page in pages]
+    if fmt == "docx":
+        return Export(
+            body=_docx(job, rendered),
+            content_type=DOCX_CONTENT_TYPE,
+            file_name=download_name(job.file_name, "docx"),
+        )
     if fmt == "json":
         data = selectors.job_as_dict(job, pages=pages)
         for detail, (_page, page_render) in zip(data["pages_detail"], rendered, strict=True):
@@ -105,6 +112,22 @@ def _searchable_pdf(job: OcrJob, pages: list) -> bytes:
             code="pdf_font_missing",
             status=503,
         ) from None
+
+
+def _docx(job: OcrJob, rendered: list) -> bytes:
+    """Every page of the job, in order; a page without text (failed, cancelled, never read) says so."""
+    by_number = {page.number: (page, page_render) for page, page_render in rendered}
+    pages = []
+    for number in range(1, max(job.page_count, len(rendered)) + 1):
+        page, page_render = by_number.get(number, (None, None))
+        if page is None:
+            note = _("Page %(number)s was not read.") % {"number": number}
+        elif page.error_message:
+            note = _("Page %(number)s: %(reason)s") % {"number": number, "reason": page.error_message}
+        else:
+            note = _("No text was found on page %(number)s.") % {"number": number}
+        pages.append(docx_export.DocxPage(number, page_render.markdown if page_render else "", note))
+    return docx_export.build_docx(pages, title=job.file_name)
 
 
 def _gone_message() -> str:

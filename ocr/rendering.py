@@ -171,6 +171,11 @@ def layout_overlays(layout: object) -> tuple[Overlay, ...]:
     return tuple(overlays)
 
 
+def markdown_tokens(markdown: str) -> list[Any]:
+    """The token stream of ``markdown`` with the viewer's parser (CommonMark, raw HTML, tables): for exports."""
+    return _markdown.parse(markdown)
+
+
 def render_markdown(markdown: str) -> str:
     """Markdown (with raw HTML tables) → HTML that is safe to insert into a page."""
     stash: list[str] = []

@@ -4,7 +4,7 @@ from ocr import views
 
 
 class DownloadFormat:
-    regex = "md|txt|json|pdf"
+    regex = "md|txt|json|pdf|docx"
 
     def to_python(self, value: str) -> str:
         return value
