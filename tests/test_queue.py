@@ -390,6 +390,24 @@ def test_a_job_queued_while_no_worker_runs_waits_and_a_restarted_web_server_foll
     assert frames[-1]["status"] == "done"
 
 
+def test_every_web_process_restarted_mid_job_changes_nothing_for_the_job_or_its_followers(cluster, fake):
+    first = cluster.server()
+    cluster.worker()
+    token = first.register_and_login("viggo")
+    fake.set_default(tokens=20, token_delay=0.02, first_token_delay=0.01)
+    [entry] = submit(first, token, ("long.pdf", make_numbered_pdf(30)))
+    job_id = entry["job_id"]
+    head = events(first, token, job_id, stop_after=40)
+    assert head[-1]["type"] != "end", "the job still runs"
+    first.stop()
+    second = cluster.server()  # every web process restarted while the worker reads the job
+    tail = events(second, token, job_id, after=head[-1]["seq"])
+    assert_stream(head + tail, 30)
+    assert tail[-1]["status"] == "done"
+    assert_ledger_sums(cluster, job_id, 30)
+    assert page_texts(head + tail) == stored_texts(cluster, job_id), "the stream resumed without a gap"
+
+
 def test_a_broker_that_is_down_refuses_the_submission_and_keeps_nothing(tmp_path, database, fake):
     down = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
     cluster = Cluster(tmp_path, database, fake, down)
