@@ -240,3 +240,19 @@ def test_usage_chart_and_api_tokens(signed_in, server):
     row.get_by_text("Revoked").wait_for()
     assert page.url.endswith("/accounts/tokens/")  # htmx swapped the row in place
     shot(page, "14-token-revoked")
+
+
+def test_dark_mode_follows_the_system_setting_and_every_page_links_the_api_docs(signed_in, server):
+    page = signed_in
+    background = "() => getComputedStyle(document.documentElement).backgroundColor"
+    page.goto(f"{server.url}/accounts/tokens/")
+    light = page.evaluate(background)
+    page.emulate_media(color_scheme="dark")
+    dark = page.evaluate(background)
+    shot(page, "15-tokens-dark")
+    page.emulate_media(color_scheme="light")
+
+    assert light == "rgb(246, 247, 249)" and dark == "rgb(18, 21, 28)"
+    assert page.locator("main").get_by_role("link", name=re.compile("API documentation")).count() == 1
+    page.locator("footer").get_by_role("link", name="API documentation").click()
+    page.wait_for_url(f"{server.url}/api/docs")

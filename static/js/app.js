@@ -46,8 +46,10 @@
       : fetch(button.dataset.copyUrl, { credentials: "same-origin" }).then(function (r) { return r.text(); });
     text.then(function (value) { return navigator.clipboard.writeText(value); }).then(function () {
       var label = button.textContent;
+      // Keep the button's width while it says "Copied", so the buttons beside it do not move.
+      button.style.minWidth = button.offsetWidth + "px";
       button.textContent = button.dataset.copied || "✓";
-      setTimeout(function () { button.textContent = label; }, 1500);
+      setTimeout(function () { button.textContent = label; button.style.minWidth = ""; }, 1500);
     });
   });
 
