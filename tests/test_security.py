@@ -219,6 +219,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "api:job-result-txt": Endpoint("GET", api_owned, job_id),
     "api:job-result-json": Endpoint("GET", api_owned, job_id),
     "api:job-result-pdf": Endpoint("GET", api_owned, job_id),
+    "api:job-result-docx": Endpoint("GET", api_owned, job_id),
     "api:register": Endpoint("POST", public, data=lambda world: {"username": "", "password": ""}),
     "api:token": Endpoint("POST", public, data=lambda world: {"username": "alice", "password": PASSWORD}),
     "api:me": Endpoint("GET", api_user),
