@@ -232,7 +232,9 @@ async def _open_run(job: OcrJob, *, resumed: bool) -> JobRun | None:
     if document is None:
         await job_fail(job_id=job.pk, reason="upload_unreadable")
         return None
-    if resumed:
+    # Only a PDF on the task queue is shared with other workers.
+    shareable = queue.enabled() and job.kind == JobKind.PDF
+    if resumed and shareable:
         # The pages its previous runner (or a helper that is gone too) held are read again.
         await release_gone_runners(job.pk)
     kept = await kept_pages(job_id=job.pk) if resumed else []
@@ -240,8 +242,7 @@ async def _open_run(job: OcrJob, *, resumed: bool) -> JobRun | None:
     share = None
     helpers = helpers_wanted(document.page_count - len(kept), config)
     # A resumed job whose pages other workers still hold stays shared, even with too few pages left to ask for more.
-    held = resumed and bool((await page_states(job_id=job.pk)).held)
-    if queue.enabled() and job.kind == JobKind.PDF and (helpers or held):
+    if shareable and (helpers or (resumed and (await page_states(job_id=job.pk)).held)):
         share = LeadShare(
             job_id=job.pk,
             page_count=document.page_count,

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import aclosing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -75,15 +75,13 @@ def helpers_wanted(pages_left: int, config: OcrConfig) -> int:
 
 
 async def release_gone_runners(job_id: uuid.UUID) -> int:
-    """Free the running pages of ``job_id`` whose runners are gone; returns how many."""
+    """Free the running pages of ``job_id`` whose runners are gone (a resumed job's); returns how many."""
     states = await page_states(job_id=job_id)
-    gone = await _gone(states.held.values())
-    if not gone:
-        return 0
-    return await pages_release(job_id=job_id, runners=gone)
+    return await _release_gone(job_id, states.held.values())
 
 
-async def _gone(held: Any) -> set[str]:
+async def _release_gone(job_id: uuid.UUID, held: Iterable[tuple[str, datetime | None]]) -> int:
+    """Free the pages among ``held`` (runner, since when) whose runners are gone; returns how many."""
     from ocr.workers import runners_gone
 
     oldest: dict[str, datetime] = {}
@@ -91,9 +89,12 @@ async def _gone(held: Any) -> set[str]:
         if runner:
             since = since or timezone.now()
             oldest[runner] = min(oldest.get(runner, since), since)
-    if not oldest:
-        return set()
-    return await sync_to_async(runners_gone, thread_sensitive=False)(oldest)
+    gone = await sync_to_async(runners_gone, thread_sensitive=False)(oldest) if oldest else set()
+    released = await pages_release(job_id=job_id, runners=gone) if gone else 0
+    if released:
+        logger.warning("job %s: pages of %s are read again, the worker is gone", job_id, ", ".join(sorted(gone)))
+        metrics.queue_event("pages_released", released)
+    return released
 
 
 class LeadShare:
@@ -244,11 +245,8 @@ class LeadShare:
         untold = sorted(states.final - run.told_ended - self._local)
         if untold:
             await self._tell_stored(untold)
-        held = [holder for number, holder in states.held.items() if number not in self._local and holder[0]]
-        gone = await _gone(held)
-        if gone and await pages_release(job_id=self.job_id, runners=gone):
-            logger.warning("job %s: pages of %s are read again, the worker is gone", self.job_id, ", ".join(gone))
-            metrics.queue_event("pages_released")
+        others = [holder for number, holder in states.held.items() if number not in self._local]
+        await _release_gone(self.job_id, others)
         self._changed.set()
 
     async def _tell_stored(self, numbers: list[int]) -> None:

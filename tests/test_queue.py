@@ -18,6 +18,7 @@ import pytest
 
 from testing.documents import SAMPLES, make_numbered_pdf
 
+from .contract import streamed_text
 from .server import AppServer, WorkerProcess, free_port
 from .test_faults import wait_until
 from .test_webhooks import Receiver
@@ -255,12 +256,10 @@ def test_a_worker_killed_in_the_middle_of_a_pdf_loses_nothing_and_counts_nothing
 
 
 def page_texts(frames: list[dict[str, Any]]) -> dict[int, str]:
-    """Each page's text as a client of the frames builds it (a delta with ``reset`` replaces the text so far)."""
-    texts: dict[int, str] = {}
-    for frame in frames:
-        if frame["type"] == "page_delta":
-            texts[frame["page"]] = ("" if frame.get("reset") else texts.get(frame["page"], "")) + frame["delta"]
-    return texts
+    """Each page's text as a client of the frames shows it (``streamed_text``), for the pages that have text."""
+    numbers = {frame["page"] for frame in frames if frame["type"] == "page_delta"}
+    texts = {number: streamed_text(frames, number) for number in numbers}
+    return {number: text for number, text in texts.items() if text}
 
 
 def stored_texts(cluster: Cluster, job_id: str) -> dict[int, str]:

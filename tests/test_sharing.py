@@ -22,6 +22,7 @@ from ocr.services import WORKER_ID, PageOutcome
 from ocr.workers import runners_gone
 
 from .conftest import make_user
+from .contract import streamed_text
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 
@@ -172,20 +173,12 @@ def relayed(number: int, *deltas: str, end: bool = True, first_part: int = 0) ->
     return [{**frame, "part": first_part + index} for index, frame in enumerate(frames)]
 
 
-def text_of(frames: list[dict[str, Any]], number: int) -> str:
-    text = ""
-    for frame in frames:
-        if frame["type"] == "page_delta" and frame["page"] == number:
-            text = ("" if frame.get("reset") else text) + frame["delta"]
-    return text
-
-
 async def test_a_helper_s_frames_in_order_are_forwarded_as_they_came() -> None:
     job = await sync_to_async(make_job)()
     share, run = lead(job)
     await share._forward(relayed(2, "Hello ", "world"))
     assert [frame["type"] for frame in run.frames] == ["page_start", "page_delta", "page_delta", "page_end"]
-    assert "part" not in run.frames[0] and text_of(run.frames, 2) == "Hello world"
+    assert "part" not in run.frames[0] and streamed_text(run.frames, 2) == "Hello world"
 
 
 async def test_a_page_with_a_lost_frame_is_told_whole_from_the_ledger_when_it_ends() -> None:
@@ -195,7 +188,7 @@ async def test_a_page_with_a_lost_frame_is_told_whole_from_the_ledger_when_it_en
     await share._forward(frames[:2])
     await sync_to_async(services._record_page)(job_id=job.pk, outcome=done(3, "one two three"))
     await share._forward(frames[3:])  # the frame with "two " was lost
-    assert text_of(run.frames, 3) == "one two three"
+    assert streamed_text(run.frames, 3) == "one two three"
     assert [frame["type"] for frame in run.frames].count("page_end") == 1
     assert [frame["type"] for frame in run.frames].count("page_start") == 1
 
@@ -206,7 +199,7 @@ async def test_a_page_started_again_by_another_runner_starts_its_text_again() ->
     await share._forward(relayed(4, "stale ", end=False))  # its first runner is gone
     await share._forward(relayed(4, "fresh ", "text"))
     assert [frame["type"] for frame in run.frames].count("page_start") == 1
-    assert text_of(run.frames, 4) == "fresh text"
+    assert streamed_text(run.frames, 4) == "fresh text"
 
 
 async def test_the_ledger_tells_pages_whose_frames_never_arrived_and_frees_those_of_gone_workers() -> None:
@@ -218,6 +211,6 @@ async def test_the_ledger_tells_pages_whose_frames_never_arrived_and_frees_those
         started_at=timezone.now() - timedelta(hours=1)
     )
     await share._sync()
-    assert text_of(run.frames, 1) == "stored by a helper" and run.told_ended == {1}
+    assert streamed_text(run.frames, 1) == "stored by a helper" and run.told_ended == {1}
     assert await sync_to_async(lambda: OcrPage.objects.get(job=job, number=2).runner)() == ""
     assert await share.next() == 2, "the lead reads the page the gone worker held"
