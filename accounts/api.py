@@ -21,6 +21,7 @@ from accounts.models import ApiToken
 from accounts.services import user_register
 from accounts.tokens import token_create
 from myocr.http import ApiError, api_endpoint
+from ocr.events import ErrorCode
 from ocr.selectors import ausage_events, ausage_summary
 
 #: JSON answers write text as UTF-8 (their charset), not as ``\u`` escapes.
@@ -33,20 +34,20 @@ def request_data(request: HttpRequest) -> dict[str, Any]:
         try:
             data = json.loads(request.body or b"{}")
         except (ValueError, UnicodeDecodeError):
-            raise ApiError("The body is not valid JSON.", code="invalid_json") from None
+            raise ApiError("The body is not valid JSON.", code=ErrorCode.INVALID_JSON) from None
         if not isinstance(data, dict):
-            raise ApiError("The body must be a JSON object.", code="invalid_json")
+            raise ApiError("The body must be a JSON object.", code=ErrorCode.INVALID_JSON)
         return data
     try:
         return request.POST.dict()
     except MultiPartParserError:
-        raise ApiError("The form body could not be read.", code="bad_request") from None
+        raise ApiError("The form body could not be read.", code=ErrorCode.BAD_REQUEST) from None
 
 
 def _text_field(data: dict[str, Any], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value.strip():
-        raise ApiError(f"'{name}' is required.", code="invalid_request", status=422)
+        raise ApiError(f"'{name}' is required.", code=ErrorCode.INVALID_REQUEST, status=422)
     return value
 
 
@@ -54,7 +55,7 @@ def _text_field(data: dict[str, Any], name: str) -> str:
 @api_endpoint(methods=("POST",), auth=False)
 async def register(request: HttpRequest) -> HttpResponse:
     if not settings.REGISTRATION_OPEN:
-        raise ApiError("Registration is closed on this server.", code="registration_closed", status=403)
+        raise ApiError("Registration is closed on this server.", code=ErrorCode.REGISTRATION_CLOSED, status=403)
     retry_after = await ratelimit.aregister_retry_after(request)
     if retry_after is not None:
         raise ratelimit.too_many_registrations(retry_after)
@@ -65,7 +66,7 @@ async def register(request: HttpRequest) -> HttpResponse:
     try:
         user = await sync_to_async(user_register)(username=username, password=password, email=email)
     except ValidationError as exc:
-        raise ApiError(" ".join(exc.messages), code="invalid_registration", status=422) from None
+        raise ApiError(" ".join(exc.messages), code=ErrorCode.INVALID_REGISTRATION, status=422) from None
     return JsonResponse(user_as_dict(user), status=201, json_dumps_params=UTF8)
 
 
@@ -76,7 +77,7 @@ async def issue_token(request: HttpRequest) -> HttpResponse:
     data = request_data(request)
     grant_type = data.get("grant_type")
     if grant_type not in (None, "", "password"):
-        raise ApiError("Only grant_type=password is supported.", code="unsupported_grant_type")
+        raise ApiError("Only grant_type=password is supported.", code=ErrorCode.UNSUPPORTED_GRANT_TYPE)
     username = _text_field(data, "username")
     password = _text_field(data, "password")
     retry_after = await ratelimit.alogin_retry_after(request, username)
@@ -87,7 +88,7 @@ async def issue_token(request: HttpRequest) -> HttpResponse:
         await ratelimit.alogin_failed(request, username)
         raise ApiError(
             "Wrong username or password.",
-            code="invalid_credentials",
+            code=ErrorCode.INVALID_CREDENTIALS,
             status=401,
             headers={"WWW-Authenticate": "Bearer"},
         )

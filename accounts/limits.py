@@ -36,6 +36,7 @@ from django.utils import timezone
 
 from accounts.models import UserLimits
 from myocr.http import ApiError
+from ocr.events import ErrorCode
 from ocr.models import JobStatus, OcrJob
 
 #: Retry-After for a user at their running-jobs limit: about the time a short job takes.
@@ -168,14 +169,14 @@ def admit_job(*, owner: AbstractBaseUser, pages: int) -> JobAllowance:
         raise LimitExceeded(
             f"You have {allowance.running_jobs} jobs running, the most allowed at once is "
             f"{allowance.max_running_jobs}. Try again when one of them has ended.",
-            code="too_many_jobs",
+            code=ErrorCode.TOO_MANY_JOBS,
             retry_after=RUNNING_JOBS_RETRY_AFTER,
         )
     if allowance.daily_pages:
         if pages > allowance.daily_pages:
             raise LimitExceeded(
                 f"The document has {pages} pages, more than your daily quota of {allowance.daily_pages} pages.",
-                code="too_many_pages",
+                code=ErrorCode.TOO_MANY_PAGES,
                 retry_after=None,
                 status=422,
             )
@@ -184,7 +185,7 @@ def admit_job(*, owner: AbstractBaseUser, pages: int) -> JobAllowance:
             raise LimitExceeded(
                 f"Your daily quota is {allowance.daily_pages} pages and {left} are left today; this document has "
                 f"{pages}. The quota starts again at midnight ({settings.TIME_ZONE}).",
-                code="daily_quota_exceeded",
+                code=ErrorCode.DAILY_QUOTA_EXCEEDED,
                 retry_after=seconds_until_tomorrow(now),
             )
     return allowance

@@ -27,13 +27,14 @@ from django.core.cache import cache
 from django.http import HttpRequest
 
 from myocr.http import ApiError
+from ocr.events import ErrorCode
 
 KEY_PREFIX = "myocr:rl"
 
 
 class RateLimited(ApiError):
     status = 429
-    code = "too_many_attempts"
+    code = ErrorCode.TOO_MANY_ATTEMPTS
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after)})

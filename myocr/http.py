@@ -28,12 +28,14 @@ from django.http.multipartparser import MultiPartParserError
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
+from ocr.events import ErrorCode
+
 
 class ApiError(Exception):
     """A failure answered with a JSON error body and an HTTP status."""
 
     status = 400
-    code = "bad_request"
+    code = ErrorCode.BAD_REQUEST
 
     def __init__(
         self,
@@ -63,7 +65,7 @@ def error_response(error: ApiError) -> JsonResponse:
 
 
 def not_authenticated(message: str) -> ApiError:
-    return ApiError(message, code="not_authenticated", status=401, headers={"WWW-Authenticate": "Bearer"})
+    return ApiError(message, code=ErrorCode.NOT_AUTHENTICATED, status=401, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def authenticate_request(request: HttpRequest) -> AbstractBaseUser:
@@ -119,7 +121,7 @@ def api_endpoint(*, methods: tuple[str, ...], auth: bool = True) -> Callable[[Ap
                 if request.method not in methods:
                     raise ApiError(
                         f"Use {' or '.join(methods)}.",
-                        code="method_not_allowed",
+                        code=ErrorCode.METHOD_NOT_ALLOWED,
                         status=405,
                         headers={"Allow": ", ".join(methods)},
                     )
@@ -142,13 +144,13 @@ def api_endpoint(*, methods: tuple[str, ...], auth: bool = True) -> Callable[[Ap
 
 #: Error codes for the statuses Django or the server may answer by themselves.
 STATUS_CODES = {
-    400: "bad_request",
-    401: "not_authenticated",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "request_too_large",
-    500: "internal_error",
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.NOT_AUTHENTICATED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.REQUEST_TOO_LARGE,
+    500: ErrorCode.INTERNAL_ERROR,
 }
 #: Headers of an error answer that still hold when its body is replaced.
 _KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
@@ -159,23 +161,24 @@ def _exception_error(exception: Exception) -> ApiError | None:
     if isinstance(exception, RequestDataTooBig):
         return ApiError(
             f"The request body is larger than the {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes allowed here.",
-            code="request_too_large",
+            code=ErrorCode.REQUEST_TOO_LARGE,
             status=413,
         )
     if isinstance(exception, TooManyFieldsSent):
         return ApiError(
-            f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} form fields.", code="too_many_fields"
+            f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} form fields.",
+            code=ErrorCode.TOO_MANY_FIELDS,
         )
     if isinstance(exception, TooManyFilesSent):
         return ApiError(
-            f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files.", code="too_many_files"
+            f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files.", code=ErrorCode.TOO_MANY_FILES
         )
     if isinstance(exception, SuspiciousOperation | BadRequest | MultiPartParserError):
-        return ApiError("The request could not be read.", code="bad_request")
+        return ApiError("The request could not be read.", code=ErrorCode.BAD_REQUEST)
     if isinstance(exception, PermissionDenied):
-        return ApiError("Not allowed.", code="forbidden", status=403)
+        return ApiError("Not allowed.", code=ErrorCode.FORBIDDEN, status=403)
     if isinstance(exception, Http404):
-        return ApiError("No such endpoint or object.", code="not_found", status=404)
+        return ApiError("No such endpoint or object.", code=ErrorCode.NOT_FOUND, status=404)
     return None
 
 
@@ -229,17 +232,17 @@ def _is_api(request: HttpRequest) -> bool:
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_api(request):
-        return error_response(ApiError("The request could not be read.", code="bad_request", status=400))
+        return error_response(ApiError("The request could not be read.", code=ErrorCode.BAD_REQUEST, status=400))
     return defaults.bad_request(request, exception)
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_api(request):
-        return error_response(ApiError("No such endpoint.", code="not_found", status=404))
+        return error_response(ApiError("No such endpoint.", code=ErrorCode.NOT_FOUND, status=404))
     return defaults.page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     if _is_api(request):
-        return error_response(ApiError("Internal error.", code="internal_error", status=500))
+        return error_response(ApiError("Internal error.", code=ErrorCode.INTERNAL_ERROR, status=500))
     return defaults.server_error(request)

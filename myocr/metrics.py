@@ -64,6 +64,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
+from ocr.events import ErrorCode
+
 logger = logging.getLogger(__name__)
 
 UNMATCHED = "unmatched"  # no URL pattern matched (404s, redirects answered by middleware)
@@ -396,13 +398,22 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     reading of the metric files are blocking work, which Django runs in its thread."""
     if request.method not in ("GET", "HEAD"):
         return JsonResponse(
-            {"error": {"code": "method_not_allowed", "message": "Use GET."}}, status=405, headers={"Allow": "GET, HEAD"}
+            {"error": {"code": ErrorCode.METHOD_NOT_ALLOWED, "message": "Use GET."}},
+            status=405,
+            headers={"Allow": "GET, HEAD"},
         )
     if not _client_allowed(request):
-        return JsonResponse({"error": {"code": "forbidden", "message": "Not on the metrics allow-list."}}, status=403)
+        return JsonResponse(
+            {"error": {"code": ErrorCode.FORBIDDEN, "message": "Not on the metrics allow-list."}}, status=403
+        )
     if not _token_ok(request):
         response = JsonResponse(
-            {"error": {"code": "not_authenticated", "message": "Send 'Authorization: Bearer <METRICS_TOKEN>'."}},
+            {
+                "error": {
+                    "code": ErrorCode.NOT_AUTHENTICATED,
+                    "message": "Send 'Authorization: Bearer <METRICS_TOKEN>'.",
+                }
+            },
             status=401,
         )
         response["WWW-Authenticate"] = "Bearer"

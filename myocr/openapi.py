@@ -11,6 +11,9 @@ against the frame schemas; ``tests/test_fuzz.py`` runs Schemathesis against a re
 from __future__ import annotations
 
 import functools
+import inspect
+import types
+import typing
 from typing import Any
 
 import orjson
@@ -19,15 +22,15 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
 from myocr.http import ApiError, error_response
+from ocr import events
+from ocr.events import ErrorCode
 from ocr.prompts import MAX_PROMPT_CHARS
 from ocr.statuses import JobKind, JobStatus, PageStatus
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
 NDJSON = "application/x-ndjson"
-JOB_STATUSES = [status.value for status in JobStatus.run_endings()]
 STORED_JOB_STATUSES = [status.value for status in JobStatus]
-PAGE_STATUSES = [status.value for status in PageStatus.final()]
 STORED_PAGE_STATUSES = [status.value for status in PageStatus]
 KINDS = [kind.value for kind in JobKind]
 
@@ -61,11 +64,6 @@ def nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 COUNT = {"type": "integer", "minimum": 0}
 TEXT = {"type": "string"}
-RESET = {
-    "type": "boolean",
-    "const": True,
-    "description": "Present (true) when this text replaces the page's text so far instead of following it.",
-}
 FLAG = {"type": "boolean"}
 UUID = {"type": "string", "format": "uuid"}
 TIMESTAMP = {"type": "string", "format": "date-time"}
@@ -79,99 +77,68 @@ TEXT_LAYER = {
 }
 
 
+def from_event(cls: type, *, omit: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The schema of one of ``ocr.events``' ``TypedDict``s: each field's ``Schema``, a nested ``TypedDict`` as a
+    reference to its component, ``Literal`` as ``const``; required as the class says; its docstring as the
+    description."""
+    properties = {name: field_schema(hint) for name, hint in events.fields(cls).items() if name not in omit}
+    required = [name for name in events.required_fields(cls) if name not in omit]
+    return obj(properties, required=required, description=inspect.cleandoc(cls.__doc__ or ""))
+
+
+def field_schema(hint: Any) -> dict[str, Any]:
+    origin = typing.get_origin(hint)
+    if origin is typing.NotRequired:
+        return field_schema(typing.get_args(hint)[0])
+    if origin is typing.Annotated:
+        return dict(next(meta for meta in hint.__metadata__ if isinstance(meta, events.Schema)))
+    if origin is typing.Literal:
+        (value,) = typing.get_args(hint)
+        return const(value)
+    if origin in (types.UnionType, typing.Union):
+        present = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        (only,) = present
+        return nullable(field_schema(only))
+    if typing.is_typeddict(hint):
+        return ref(hint.__name__)
+    raise TypeError(f"no schema for {hint!r}: annotate the field with ocr.events.Schema")
+
+
+def with_kind(schema: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A start frame's schema for the stream of one ``kind``."""
+    return {**schema, "properties": {**schema["properties"], "kind": const(kind)}}
+
+
 def schemas() -> dict[str, Any]:
-    error_detail = obj(
-        {
-            "code": {"type": "string", "description": "Stable, machine-readable; scripts branch on it."},
-            "message": {"type": "string", "description": "For people; may change."},
-        }
-    )
-    image_usage = {
-        "prompt_tokens": COUNT,
-        "completion_tokens": COUNT,
-        "prompt_chars": COUNT,
-        "completion_chars": COUNT,
-        "input_bytes": COUNT,
-        "estimated": {
-            "type": "boolean",
-            "description": "The engine reported no token counts (the embedded engine): token figures are estimates.",
-        },
-    }
-    page_usage = {"prompt_tokens": COUNT, "completion_tokens": COUNT, "completion_chars": COUNT, "estimated": FLAG}
-    start = {
-        "type": const("start"),
-        "job_id": UUID,
-        "file_name": TEXT,
-        "input_bytes": COUNT,
-        "engine": {"type": "string", "examples": ["openai", "local"]},
-        "model": TEXT,
-    }
-    end = {
-        "type": const("end"),
-        "status": {"enum": JOB_STATUSES},
-        "job_id": UUID,
-        "elapsed_ms": COUNT,
-        "error": ref("ErrorDetail"),
-    }
+    image_usage = from_event(events.PdfUsage, omit=events.IMAGE_USAGE_OMITTED)
+    image_start = from_event(events.PdfStartFrame, omit=events.IMAGE_OMITTED[events.EventType.START])
+    image_end = from_event(events.PdfEndFrame, omit=events.IMAGE_OMITTED[events.EventType.END])
+    image_end["properties"]["usage"] = ref("ImageUsage")
+    delta = from_event(events.PageDeltaFrame, omit=events.IMAGE_OMITTED[events.EventType.PAGE_DELTA])
+    delta["properties"] = {"type": const(events.EventType.DELTA), **delta["properties"]}
+    delta["required"] = ["type", *delta["required"]]
     return {
-        "ErrorDetail": error_detail,
+        "ErrorDetail": from_event(events.ErrorDetail),
         "Error": obj(
             {"error": ref("ErrorDetail")},
             description="Every failure before a stream starts, and every error of the other endpoints.",
         ),
-        # --- NDJSON frames ----------------------------------------------------------------------------------
-        "ImageUsage": obj(image_usage, required=list(image_usage)[:5]),
-        "PdfUsage": obj({**image_usage, "pages": PAGE_NUMBER}, required=[*list(image_usage)[:5], "pages"]),
-        "PageUsage": obj(page_usage, required=list(page_usage)[:3]),
-        "ImageStartFrame": obj({**start, "kind": const("image")}, required=["type", "kind", "job_id"]),
-        "DeltaFrame": obj(
-            {"type": const("delta"), "delta": TEXT, "reset": RESET},
-            required=["type", "delta"],
-            description="Recognised text, in order.",
-        ),
-        "ErrorFrame": obj(
-            {"type": const("error"), "error": ref("ErrorDetail")},
-            description="A job that failed as a whole sends one right before its end frame.",
-        ),
-        "ImageEndFrame": obj(
-            {**end, "usage": ref("ImageUsage")},
-            required=["type", "status", "job_id", "usage"],
-            description="Exactly one, always last. ``error`` is the first error of a job that did not succeed.",
-        ),
-        "PdfStartFrame": obj(
-            {**start, "kind": const("pdf"), "pages": PAGE_NUMBER}, required=["type", "kind", "job_id", "pages"]
-        ),
-        "PageStartFrame": obj({"type": const("page_start"), "page": PAGE_NUMBER}),
-        "PageDeltaFrame": obj(
-            {"type": const("page_delta"), "page": PAGE_NUMBER, "delta": TEXT, "reset": RESET},
-            required=["type", "page", "delta"],
-        ),
-        "PageEndFrame": obj(
-            {
-                "type": const("page_end"),
-                "page": PAGE_NUMBER,
-                "status": {"enum": PAGE_STATUSES},
-                "usage": ref("PageUsage"),
-                "finish_reason": {
-                    "anyOf": [{"type": "string"}, {"type": "null"}],
-                    "description": "The engine's: ``stop``, or ``length`` (cut off at the token limit).",
-                },
-                "elapsed_ms": nullable(COUNT),
-                "error": ref("ErrorDetail"),
-                "layout": {"type": "array", "items": {"type": "object"}, "description": "Boxes, 0–999 coordinates."},
-                "source": {
-                    "enum": ["text_layer"],
-                    "description": "Present when the page was read from the PDF's own text layer, not OCRed.",
-                },
-            },
-            required=["type", "page", "status", "usage"],
-            description="Exactly one per page_start; a failed or cut-off page's carries ``error``.",
-        ),
-        "PdfEndFrame": obj(
-            {**end, "usage": ref("PdfUsage"), "pages_done": COUNT, "pages_failed": COUNT},
-            required=["type", "status", "job_id", "usage", "pages_done", "pages_failed"],
-            description="Exactly one, always last.",
-        ),
+        # --- NDJSON frames: generated from ``ocr.events`` ------------------------------------------------------
+        "ImageUsage": image_usage,
+        "PdfUsage": from_event(events.PdfUsage),
+        "PageUsage": from_event(events.PageUsage),
+        "ImageStartFrame": with_kind(image_start, JobKind.IMAGE),
+        "DeltaFrame": {**delta, "description": "Recognised text, in order."},
+        "ErrorFrame": from_event(events.ErrorFrame),
+        "ImageEndFrame": {
+            **image_end,
+            "description": "Exactly one, always last. ``error`` is the first error of a job that did not succeed.",
+        },
+        "PdfStartFrame": with_kind(from_event(events.PdfStartFrame), JobKind.PDF),
+        "PageStartFrame": from_event(events.PageStartFrame),
+        "PageDeltaFrame": from_event(events.PageDeltaFrame),
+        "PageEndFrame": from_event(events.PageEndFrame),
+        "PdfEndFrame": from_event(events.PdfEndFrame),
         "ImageFrame": {
             "oneOf": [ref("ImageStartFrame"), ref("DeltaFrame"), ref("ErrorFrame"), ref("ImageEndFrame")],
             "description": "One line of the image stream.",
@@ -216,7 +183,7 @@ def schemas() -> dict[str, Any]:
             required=["file"],
         ),
         # --- stored jobs ------------------------------------------------------------------------------------
-        "JobUsage": obj({**image_usage, "pages": COUNT}),
+        "JobUsage": obj({**image_usage["properties"], "pages": COUNT}),
         "StoredPage": obj(
             {
                 "page": PAGE_NUMBER,
@@ -873,4 +840,6 @@ async def api_docs(request: HttpRequest) -> HttpResponse:
 
 
 def method_not_allowed() -> HttpResponse:
-    return error_response(ApiError("Use GET.", code="method_not_allowed", status=405, headers={"Allow": "GET, HEAD"}))
+    return error_response(
+        ApiError("Use GET.", code=ErrorCode.METHOD_NOT_ALLOWED, status=405, headers={"Allow": "GET, HEAD"})
+    )

@@ -14,6 +14,7 @@ from myocr.http import ApiError, api_endpoint
 from ocr import intake, metrics, webhooks
 from ocr.config import TEXT_LAYER_CHOICES, ocr_config
 from ocr.errors import IntakeError
+from ocr.events import ErrorCode
 from ocr.exports import export_job
 from ocr.jobs import cancel_job, retry_failed_pages, submit_job
 from ocr.live import job_frames
@@ -40,7 +41,7 @@ async def read_upload(request: HttpRequest) -> tuple[intake.Upload, str]:
     content_type = request.content_type or ""
     if content_type != "multipart/form-data":
         raise IntakeError(
-            "Send the file as multipart/form-data in a field named 'file'.", code="missing_file", status=400
+            "Send the file as multipart/form-data in a field named 'file'.", code=ErrorCode.MISSING_FILE, status=400
         )
 
     def parse() -> tuple[intake.Upload | None, str]:
@@ -55,9 +56,11 @@ async def read_upload(request: HttpRequest) -> tuple[intake.Upload, str]:
         # of uploads is the bottleneck for everyone's first frame.
         upload, prompt = await sync_to_async(parse, thread_sensitive=False)()
     except MultiPartParserError:
-        raise IntakeError("The multipart/form-data body could not be read.", code="bad_request", status=400) from None
+        raise IntakeError(
+            "The multipart/form-data body could not be read.", code=ErrorCode.BAD_REQUEST, status=400
+        ) from None
     if upload is None:
-        raise IntakeError("No file in the request: send it in a field named 'file'.", code="missing_file")
+        raise IntakeError("No file in the request: send it in a field named 'file'.", code=ErrorCode.MISSING_FILE)
     return upload, prompt
 
 
@@ -69,7 +72,7 @@ def clean_prompt(raw: str | None) -> str:
     try:
         check_prompt(prompt)
     except PromptError as exc:
-        raise ApiError(exc.message, code="invalid_prompt") from None
+        raise ApiError(exc.message, code=ErrorCode.INVALID_PROMPT) from None
     return prompt
 
 
@@ -86,7 +89,7 @@ def clean_text_layer(request: HttpRequest) -> str:
     ``ocr`` (OCR every page), or "" for the server's ``OCR_PDF_TEXT_LAYER``. Read after the body is parsed."""
     value = request.POST.get("text_layer", "").strip()
     if value and value not in TEXT_LAYER_CHOICES:
-        raise ApiError(f"text_layer is one of {', '.join(TEXT_LAYER_CHOICES)}.", code="invalid_text_layer")
+        raise ApiError(f"text_layer is one of {', '.join(TEXT_LAYER_CHOICES)}.", code=ErrorCode.INVALID_TEXT_LAYER)
     return value
 
 
@@ -130,7 +133,7 @@ def _json(data: Any, *, status: int = 200) -> JsonResponse:
 async def _owned(request: HttpRequest, job_id: str) -> OcrJob:
     job = await ajob_for_owner(owner=request.user, job_id=job_id)
     if job is None:
-        raise ApiError("No such job.", code="not_found", status=404)
+        raise ApiError("No such job.", code=ErrorCode.NOT_FOUND, status=404)
     return job
 
 
@@ -152,22 +155,24 @@ async def read_batch(request: HttpRequest) -> tuple[list[intake.Upload], str]:
     """The uploaded ``file`` fields and the ``prompt`` of a multipart request."""
     if (request.content_type or "") != "multipart/form-data":
         raise IntakeError(
-            "Send the files as multipart/form-data in fields named 'file'.", code="missing_file", status=400
+            "Send the files as multipart/form-data in fields named 'file'.", code=ErrorCode.MISSING_FILE, status=400
         )
 
     def parse() -> tuple[list[intake.Upload], str]:
         files = request.FILES.getlist("file")
         if len(files) > MAX_BATCH_FILES:
-            raise IntakeError(f"Send at most {MAX_BATCH_FILES} files at once.", code="too_many_files")
+            raise IntakeError(f"Send at most {MAX_BATCH_FILES} files at once.", code=ErrorCode.TOO_MANY_FILES)
         uploads = [intake.Upload(data=file.read(), file_name=intake.clean_file_name(file.name)) for file in files]
         return uploads, request.POST.get("prompt", "")
 
     try:
         uploads, prompt = await sync_to_async(parse, thread_sensitive=False)()
     except MultiPartParserError:
-        raise IntakeError("The multipart/form-data body could not be read.", code="bad_request", status=400) from None
+        raise IntakeError(
+            "The multipart/form-data body could not be read.", code=ErrorCode.BAD_REQUEST, status=400
+        ) from None
     if not uploads:
-        raise IntakeError("No file in the request: send it in a field named 'file'.", code="missing_file")
+        raise IntakeError("No file in the request: send it in a field named 'file'.", code=ErrorCode.MISSING_FILE)
     return uploads, prompt
 
 
@@ -219,7 +224,8 @@ def refuse_unknown_parameters(request: HttpRequest, known: tuple[str, ...]) -> N
     unknown = sorted(set(request.GET) - set(known))
     if unknown:
         raise ApiError(
-            f"Unknown query parameter {unknown[0]!r}; this endpoint takes {', '.join(known)}.", code="invalid_filter"
+            f"Unknown query parameter {unknown[0]!r}; this endpoint takes {', '.join(known)}.",
+            code=ErrorCode.INVALID_FILTER,
         )
 
 
@@ -229,12 +235,12 @@ async def _list_jobs(request: HttpRequest) -> HttpResponse:
     status = request.GET.get("status")
     if status:
         if status not in JobStatus.values:
-            raise ApiError(f"Unknown status; use one of {', '.join(JobStatus.values)}.", code="invalid_filter")
+            raise ApiError(f"Unknown status; use one of {', '.join(JobStatus.values)}.", code=ErrorCode.INVALID_FILTER)
         query = query.filter(status=status)
     kind = request.GET.get("kind")
     if kind:
         if kind not in JobKind.values:
-            raise ApiError(f"Unknown kind; use one of {', '.join(JobKind.values)}.", code="invalid_filter")
+            raise ApiError(f"Unknown kind; use one of {', '.join(JobKind.values)}.", code=ErrorCode.INVALID_FILTER)
         query = query.filter(kind=kind)
     try:
         page = int(request.GET.get("page", "1"))
@@ -243,7 +249,8 @@ async def _list_jobs(request: HttpRequest) -> HttpResponse:
         page = page_size = 0
     if page < 1 or not 1 <= page_size <= MAX_JOBS_PAGE_SIZE:
         raise ApiError(
-            f"page is a positive integer and page_size one from 1 to {MAX_JOBS_PAGE_SIZE}.", code="invalid_filter"
+            f"page is a positive integer and page_size one from 1 to {MAX_JOBS_PAGE_SIZE}.",
+            code=ErrorCode.INVALID_FILTER,
         )
     offset = (page - 1) * page_size
     total = await query.acount()
@@ -261,7 +268,9 @@ async def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
         try:
             await sync_to_async(job_delete)(job=job)
         except JobNotFinished:
-            raise ApiError("The job has not ended: cancel it first.", code="job_not_finished", status=409) from None
+            raise ApiError(
+                "The job has not ended: cancel it first.", code=ErrorCode.JOB_NOT_FINISHED, status=409
+            ) from None
         return HttpResponse(status=204)
     data: dict[str, Any] = await ajob_detail(job)
     webhook = await sync_to_async(webhooks.delivery_summary)(job.pk) if job.callback_url else None
@@ -273,7 +282,7 @@ async def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
     job = await _owned(request, job_id)
     status = await cancel_job(job) if not job.is_finished else None
     if status is None:
-        raise ApiError("The job has already ended.", code="job_finished", status=409)
+        raise ApiError("The job has already ended.", code=ErrorCode.JOB_FINISHED, status=409)
     return _json({"job_id": str(job.pk), "status": status, "cancel_requested": True, **job_links(job.pk)}, status=202)
 
 
@@ -281,12 +290,12 @@ async def job_cancel(request: HttpRequest, job_id: str) -> HttpResponse:
 async def job_retry(request: HttpRequest, job_id: str) -> HttpResponse:
     job = await _owned(request, job_id)
     if not job.is_finished:
-        raise ApiError("The job has not ended yet.", code="job_not_finished", status=409)
+        raise ApiError("The job has not ended yet.", code=ErrorCode.JOB_NOT_FINISHED, status=409)
     if not job.upload:
-        raise ApiError("The uploaded file is no longer kept: upload it again.", code="upload_gone", status=409)
+        raise ApiError("The uploaded file is no longer kept: upload it again.", code=ErrorCode.UPLOAD_GONE, status=409)
     pages = await retry_failed_pages(job)
     if not pages:
-        raise ApiError("Every page of the job is done: nothing to retry.", code="nothing_to_retry", status=409)
+        raise ApiError("Every page of the job is done: nothing to retry.", code=ErrorCode.NOTHING_TO_RETRY, status=409)
     return _json({"job_id": str(job.pk), "status": "queued", "pages": pages, **job_links(job.pk)}, status=202)
 
 
@@ -297,7 +306,9 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponse:
     job = await _owned(request, job_id)
     raw_after = request.GET.get("after", "0")
     if not raw_after.isdigit():
-        raise ApiError("after is the seq of the last frame you have (a non-negative integer).", code="invalid_filter")
+        raise ApiError(
+            "after is the seq of the last frame you have (a non-negative integer).", code=ErrorCode.INVALID_FILTER
+        )
     frames = job_frames(job, after=int(raw_after), poll=ocr_config().live_poll_seconds)
     response = StreamingHttpResponse(ndjson_frames_stream(frames, job.kind), content_type=NDJSON_CONTENT_TYPE)
     response["Cache-Control"] = "no-store"

@@ -12,6 +12,7 @@ from django.utils.translation import gettext as _
 
 from ocr import docx_export, searchable_pdf, selectors
 from ocr.errors import OcrError
+from ocr.events import ErrorCode
 from ocr.models import OcrJob
 from ocr.rendering import render_page
 
@@ -26,7 +27,7 @@ class ExportUnavailable(OcrError):
     """
 
     status = 409
-    code = "upload_gone"
+    code = ErrorCode.UPLOAD_GONE
 
     def __init__(self, message: str, *, user_message: str, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message, code=code, status=status)
@@ -109,7 +110,7 @@ def _searchable_pdf(job: OcrJob, pages: list) -> bytes:
         raise ExportUnavailable(
             str(error),
             user_message=_("This server has no font for the PDF's text layer; ask its administrator."),
-            code="pdf_font_missing",
+            code=ErrorCode.PDF_FONT_MISSING,
             status=503,
         ) from None
 

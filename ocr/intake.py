@@ -27,6 +27,7 @@ from ocr.config import OcrConfig
 from ocr.engines.base import PageImage
 from ocr.engines.textlayer import read_text_layer
 from ocr.errors import IntakeError
+from ocr.events import ErrorCode
 
 # PDFium is not thread-safe, not even across documents: every call into it goes through this one thread.
 _pdfium_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdfium")
@@ -211,18 +212,18 @@ async def open_upload(upload: Upload, *, expected_kind: str, config: OcrConfig) 
     """
     data = upload.data
     if not data:
-        raise IntakeError("The uploaded file is empty.", code="empty_file", status=400)
+        raise IntakeError("The uploaded file is empty.", code=ErrorCode.EMPTY_FILE, status=400)
     if len(data) > config.max_upload_bytes:
         raise IntakeError(
             f"The file is {len(data)} bytes; the limit is {config.max_upload_bytes} bytes.",
-            code="file_too_large",
+            code=ErrorCode.FILE_TOO_LARGE,
             status=413,
         )
     content_type = sniff(data[:1024])
     if content_type is None:
         raise IntakeError(
             "Unsupported file type. Upload a PNG, JPEG, WebP, GIF, BMP or TIFF image, or a PDF.",
-            code="unsupported_type",
+            code=ErrorCode.UNSUPPORTED_TYPE,
             status=415,
         )
     kind = "pdf" if content_type == PDF else "image"
@@ -230,7 +231,7 @@ async def open_upload(upload: Upload, *, expected_kind: str, config: OcrConfig) 
         other = "/api/ocr/pdf" if kind == "pdf" else "/api/ocr/image"
         raise IntakeError(
             f"This file is {'a PDF' if kind == 'pdf' else 'an image'}; send it to {other}.",
-            code="wrong_kind",
+            code=ErrorCode.WRONG_KIND,
             status=415,
         )
     loop = asyncio.get_running_loop()
@@ -272,7 +273,7 @@ def _open_image(data: bytes, content_type: str, config: OcrConfig) -> ImageDocum
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, zlib_ng.error, struct.error) as exc:
         raise IntakeError(
             f"The image could not be decoded; the file is damaged or not really a {pillow_format} image.",
-            code="corrupt_file",
+            code=ErrorCode.CORRUPT_FILE,
             status=422,
         ) from exc
     return ImageDocument(data, content_type, width, height)
@@ -335,13 +336,13 @@ def check_dimensions(width: int, height: int, max_pixels: int) -> None:
         raise IntakeError(
             f"The image is {width}×{height} pixels; each side must be between {MIN_IMAGE_SIDE} and "
             f"{MAX_IMAGE_SIDE} pixels.",
-            code="bad_dimensions",
+            code=ErrorCode.BAD_DIMENSIONS,
             status=422,
         )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise IntakeError(
             f"The image is {width}×{height} pixels; its sides may differ by at most {MAX_ASPECT_RATIO}×.",
-            code="bad_dimensions",
+            code=ErrorCode.BAD_DIMENSIONS,
             status=422,
         )
 
@@ -349,7 +350,7 @@ def check_dimensions(width: int, height: int, max_pixels: int) -> None:
 def _too_many_pixels(max_pixels: int) -> IntakeError:
     return IntakeError(
         f"The image has more than {max_pixels} pixels (a possible decompression bomb).",
-        code="image_too_large",
+        code=ErrorCode.IMAGE_TOO_LARGE,
         status=422,
     )
 
@@ -362,23 +363,23 @@ def _open_pdf(data: bytes, config: OcrConfig) -> PdfDocument:
         if ENCRYPT_MARKER.search(data):
             raise IntakeError(
                 "The PDF is encrypted with a password; remove the password and upload it again.",
-                code="encrypted_pdf",
+                code=ErrorCode.ENCRYPTED_PDF,
                 status=422,
             ) from None
         if EMPTY_PAGE_TREE.search(data):
-            raise IntakeError("The PDF has no pages.", code="empty_pdf", status=422) from None
+            raise IntakeError("The PDF has no pages.", code=ErrorCode.EMPTY_PDF, status=422) from None
         raise IntakeError(
-            "The PDF could not be opened; the file is damaged or not a PDF.", code="corrupt_file", status=422
+            "The PDF could not be opened; the file is damaged or not a PDF.", code=ErrorCode.CORRUPT_FILE, status=422
         ) from None
     pages = len(pdf)
     if pages == 0:
         pdf.close()
-        raise IntakeError("The PDF has no pages.", code="empty_pdf", status=422)
+        raise IntakeError("The PDF has no pages.", code=ErrorCode.EMPTY_PDF, status=422)
     if pages > config.max_pdf_pages:
         pdf.close()
         raise IntakeError(
             f"The PDF has {pages} pages; the limit is {config.max_pdf_pages}.",
-            code="too_many_pages",
+            code=ErrorCode.TOO_MANY_PAGES,
             status=422,
         )
     return PdfDocument(pdf, len(data), config)

@@ -38,10 +38,11 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from ocr import metrics
+from ocr import events, metrics
 from ocr.config import ocr_config
+from ocr.events import Event
 from ocr.models import JobStatus, OcrJob, OcrJobEvents, OcrPage, PageStatus
-from ocr.pipeline import Event, JobRun, Logged, page_end_event
+from ocr.pipeline import JobRun, Logged, page_end_event
 from ocr.services import cancel_requested, live_job_close, live_pages_store, outcome_from_page
 
 logger = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ class LiveJob:
             logger.exception("could not close live job %s", self.job_id)
             status = JobStatus.FAILED
         if not self.ended:
-            end = {"type": "end", "status": status, "job_id": str(self.job_id), "seq": final_seq}
+            end = await self._closing_end(status, final_seq)
             self.seq, self.ended = final_seq, True
             with contextlib.suppress(Exception):
                 await live_pages_store(job_id=self.job_id, seq=final_seq, texts={}, frames=[end])
@@ -281,6 +282,27 @@ class LiveJob:
         if self._on_end is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._on_end(self.job_id))
+
+    async def _closing_end(self, status: str, seq: int) -> Event:
+        """The ``end`` of a job whose pipeline never sent one, from its closed ledger row (usage included)."""
+        with contextlib.suppress(Exception):
+            stored, _ = await load_job(self.job_id)
+            if stored is not None:
+                return stored_end_frame(stored, seq=seq)
+        empty = events.job_usage(
+            prompt_tokens=0,
+            completion_tokens=0,
+            prompt_chars=0,
+            completion_chars=0,
+            input_bytes=0,
+            pages=0,
+            estimated=False,
+        )
+        frame: Event = events.end(
+            status=status, job_id=str(self.job_id), usage=empty, pages_done=0, pages_failed=0, elapsed_ms=0
+        )
+        frame["seq"] = seq
+        return frame
 
 
 # --- Feed -----------------------------------------------------------------------------------------------------
@@ -570,50 +592,47 @@ async def job_frames(job: OcrJob, *, after: int, poll: float = 10.0) -> AsyncIte
 
 
 def stored_end_frame(job: OcrJob, *, seq: int) -> Event:
-    frame: Event = {
-        "type": "end",
-        "status": job.status,
-        "job_id": str(job.pk),
-        "usage": {
-            "prompt_tokens": job.prompt_tokens,
-            "completion_tokens": job.completion_tokens,
-            "prompt_chars": job.prompt_chars,
-            "completion_chars": job.completion_chars,
-            "input_bytes": job.input_bytes,
-            "pages": job.page_count,
-            "estimated": job.usage_estimated,
-        },
-        "pages_done": job.pages_done,
-        "pages_failed": job.pages_failed,
-        "elapsed_ms": job.duration_ms,
-        "seq": seq,
-    }
-    if job.error_code:
-        frame["error"] = {"code": job.error_code, "message": job.error_message}
+    frame: Event = events.end(  # type: ignore[assignment]
+        status=job.status,
+        job_id=str(job.pk),
+        usage=events.job_usage(
+            prompt_tokens=job.prompt_tokens,
+            completion_tokens=job.completion_tokens,
+            prompt_chars=job.prompt_chars,
+            completion_chars=job.completion_chars,
+            input_bytes=job.input_bytes,
+            pages=job.page_count,
+            estimated=job.usage_estimated,
+        ),
+        pages_done=job.pages_done,
+        pages_failed=job.pages_failed,
+        elapsed_ms=job.duration_ms,
+        error=events.error_detail(job.error_code, job.error_message) if job.error_code else None,
+    )
+    frame["seq"] = seq
     return frame
 
 
 def rebuilt_frames(job: OcrJob, pages: list[OcrPage]) -> list[Event]:
     """The frames of an ended job, rebuilt from its ledger in page order, numbered from 1."""
     frames: list[Event] = [
-        {
-            "type": "start",
-            "kind": job.kind,
-            "job_id": str(job.pk),
-            "pages": job.page_count,
-            "file_name": job.file_name,
-            "input_bytes": job.input_bytes,
-            "engine": job.engine,
-            "model": job.model,
-        }
+        events.start(
+            kind=job.kind,
+            job_id=str(job.pk),
+            pages=job.page_count,
+            file_name=job.file_name,
+            input_bytes=job.input_bytes,
+            engine=job.engine,
+            model=job.model,
+        )
     ]
     for page in pages:
-        frames.append({"type": "page_start", "page": page.number})
+        frames.append(events.page_start(page.number))
         if page.text:
-            frames.append({"type": "page_delta", "page": page.number, "delta": page.text})
+            frames.append(events.page_delta(page.number, page.text))
         frames.append(page_end_event(outcome_from_page(page)))
     if job.status == JobStatus.FAILED and job.error_code:
-        frames.append({"type": "error", "error": {"code": job.error_code, "message": job.error_message}})
+        frames.append(events.error(job.error_code, job.error_message))
     frames.append(stored_end_frame(job, seq=0))
     for seq, frame in enumerate(frames, start=1):
         frame["seq"] = seq

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ocr.events import ErrorCode
 from ocr.statuses import JobKind, JobStatus, PageStatus
 
 if TYPE_CHECKING:
@@ -35,15 +36,7 @@ KINDS = tuple(kind.value for kind in JobKind)
 PAGE_STATUSES = tuple(status.value for status in PageStatus.final())
 JOB_STATUSES = tuple(status.value for status in JobStatus.run_endings())
 FINISH_REASONS = ("stop", "length")
-ERROR_CODES = (
-    "engine_unavailable",
-    "engine_timeout",
-    "engine_bad_request",
-    "engine_error",
-    "engine_cut_off",
-    "render_failed",
-    "internal_error",
-)
+ERROR_CODES = ErrorCode.page_errors()
 OTHER = "other"
 
 # A job runs from a fraction of a second (one image on vLLM) to an hour (a long PDF on the CPU engine).
@@ -151,7 +144,7 @@ def page_finished(outcome: PageOutcome, *, deltas: int) -> None:
         _page_seconds[status].observe(duration_ms / 1000)
     if outcome.finish_reason:
         OCR_FINISH_REASONS.labels(_known(outcome.finish_reason, FINISH_REASONS)).inc()
-    if outcome.error_code and outcome.error_code != "cancelled":
+    if outcome.error_code and outcome.error_code != ErrorCode.CANCELLED:
         OCR_ENGINE_ERRORS.labels(_known(outcome.error_code, ERROR_CODES)).inc()
     prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
     if prompt:

@@ -24,15 +24,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from ocr import engines, errors, intake, metrics, pacing
+from ocr import engines, events, intake, metrics, pacing
 from ocr.config import config_for, ocr_config
 from ocr.engines.base import Completion, Engine
 from ocr.errors import EngineError
+from ocr.events import ErrorCode, Event, EventType
 from ocr.intake import Document
 from ocr.models import JobStatus, OcrJob, PageStatus
 from ocr.services import JobTotals, PageOutcome, job_close, job_create, page_record, pages_usage
@@ -42,8 +43,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Event = dict[str, Any]
-END = "end"
+END = EventType.END
 
 #: Jobs of this process whose events are being consumed; sets how long text waits to be batched (ocr/pacing.py).
 _consumed_runs = 0
@@ -275,7 +275,7 @@ class JobRun:
             raise
         except Exception as exc:  # a bug, not an engine failure: still end the stream properly
             logger.exception("job %s failed unexpectedly", job.pk)
-            self._first_error = {"code": "internal_error", "message": f"Internal error: {type(exc).__name__}"}
+            self._first_error = events.error_detail(ErrorCode.INTERNAL_ERROR, f"Internal error: {type(exc).__name__}")
             status = JobStatus.FAILED
         finally:
             if share is not None:
@@ -285,24 +285,23 @@ class JobRun:
     def _emit_start(self) -> None:
         job = self.job
         self._emit(
-            {
-                "type": "start",
-                "kind": job.kind,
-                "job_id": str(job.pk),
-                "pages": self.document.page_count,
-                "file_name": job.file_name,
-                "input_bytes": job.input_bytes,
-                "engine": self.engine.name,
-                "model": self.engine.model,
-            }
+            events.start(
+                kind=job.kind,
+                job_id=str(job.pk),
+                pages=self.document.page_count,
+                file_name=job.file_name,
+                input_bytes=job.input_bytes,
+                engine=self.engine.name,
+                model=self.engine.model,
+            )
         )
 
     def _emit_replay(self) -> None:
         for outcome in self._replay:
             if outcome.number not in self.told_started:
-                self._emit({"type": "page_start", "page": outcome.number})
+                self._emit(events.page_start(outcome.number))
             if outcome.text:
-                self._emit({"type": "page_delta", "page": outcome.number, "delta": outcome.text, "reset": True})
+                self._emit(events.page_delta(outcome.number, outcome.text, reset=True))
             self._emit(page_end_event(outcome))
 
     def _final_status(self) -> str:
@@ -332,10 +331,10 @@ class JobRun:
             if reset:
                 parts.clear()
                 parts.append(text)
-                emit({"type": "page_delta", "page": number, "delta": text, "reset": True})
+                emit(events.page_delta(number, text, reset=True))
                 return
             parts.append(text)
-            emit({"type": "page_delta", "page": number, "delta": text})
+            emit(events.page_delta(number, text))
             if first_delta:
                 first_delta = False
                 if self._first_delta_ms is None:
@@ -345,7 +344,7 @@ class JobRun:
             outcome.started_at = timezone.now()
             self._in_flight[number] = outcome
             if number not in self.told_started:
-                emit({"type": "page_start", "page": number})
+                emit(events.page_start(number))
             try:
                 page = await self.document.page(number, pixels=engine.wants_pixels)
                 outcome.width, outcome.height = page.width, page.height
@@ -368,7 +367,7 @@ class JobRun:
                 outcome.error_code, outcome.error_message = exc.code, exc.message
             except asyncio.CancelledError:
                 outcome.status = PageStatus.CANCELLED
-                outcome.error_code = errors.CANCELLED
+                outcome.error_code = ErrorCode.CANCELLED
                 outcome.error_message = f"The job was cancelled: {self.cancel_reason}"
                 outcome.text = "".join(parts)
                 # Tokens already streamed were spent on the GPU: count them, flagged as an estimate.
@@ -376,10 +375,10 @@ class JobRun:
                 raise
             except Exception as exc:
                 if isinstance(exc, IndexError | OSError | ValueError):
-                    outcome.error_code = "render_failed"
+                    outcome.error_code = ErrorCode.RENDER_FAILED
                     outcome.error_message = f"Page {number} could not be rendered."
                 else:
-                    outcome.error_code = "internal_error"
+                    outcome.error_code = ErrorCode.INTERNAL_ERROR
                     outcome.error_message = f"Internal error on page {number}: {type(exc).__name__}"
                 logger.exception("page %s of job %s failed", number, self.job.pk)
             outcome.text = "".join(parts)
@@ -388,7 +387,7 @@ class JobRun:
             self.totals.add(outcome, len(self.prompt))
             metrics.page_finished(outcome, deltas=len(parts))
             if outcome.error_code and self._first_error is None:
-                self._first_error = {"code": outcome.error_code, "message": outcome.error_message}
+                self._first_error = events.error_detail(outcome.error_code, outcome.error_message)
         self._pages_left -= 1
         if self.share is not None:
             if await self.share.record(outcome):
@@ -412,7 +411,7 @@ class JobRun:
         outcome.source = completion.source
         if completion.finish_reason == "length":
             outcome.status = PageStatus.TRUNCATED
-            outcome.error_code = errors.ENGINE_CUT_OFF
+            outcome.error_code = ErrorCode.ENGINE_CUT_OFF
             outcome.error_message = completion.note or (
                 f"The engine stopped at its token limit after {completion.completion_tokens} tokens; the "
                 "text of this page is incomplete (often a repetition loop)."
@@ -438,9 +437,9 @@ class JobRun:
             unrecorded.append(last_page)
         error = None if status == JobStatus.DONE else self._first_error
         if status == JobStatus.CANCELLED:
-            error = {"code": errors.CANCELLED, "message": f"The job was cancelled: {self.cancel_reason}"}
+            error = events.error_detail(ErrorCode.CANCELLED, f"The job was cancelled: {self.cancel_reason}")
         elif status == JobStatus.FAILED and error is None:
-            error = {"code": "internal_error", "message": "The job failed."}
+            error = events.error_detail(ErrorCode.INTERNAL_ERROR, "The job failed.")
         self.error = error
         elapsed = time.monotonic() - self._started
         duration_ms = int(elapsed * 1000)
@@ -477,52 +476,44 @@ class JobRun:
         if last_page is not None:
             self._emit(page_end_event(last_page))
         if status == JobStatus.FAILED:
-            self._emit({"type": "error", "error": error})
+            self._emit(events.error(error["code"], error["message"]))
         self._emit(self.end_event(duration_ms))
 
     def end_event(self, duration_ms: int) -> Event:
         totals = self.totals
         job = self.job
-        event: Event = {
-            "type": END,
-            "status": self.status,
-            "job_id": str(job.pk),
-            "usage": {
-                "prompt_tokens": totals.prompt_tokens,
-                "completion_tokens": totals.completion_tokens,
-                "prompt_chars": totals.prompt_chars,
-                "completion_chars": totals.completion_chars,
-                "input_bytes": job.input_bytes,
-                "pages": self.document.page_count,
-                "estimated": totals.estimated,
-            },
-            "pages_done": totals.pages_done,
-            "pages_failed": totals.pages_failed,
-            "elapsed_ms": duration_ms,
-        }
-        if self.error is not None:
-            event["error"] = self.error
-        return event
+        return events.end(
+            status=self.status,
+            job_id=str(job.pk),
+            usage=events.job_usage(
+                prompt_tokens=totals.prompt_tokens,
+                completion_tokens=totals.completion_tokens,
+                prompt_chars=totals.prompt_chars,
+                completion_chars=totals.completion_chars,
+                input_bytes=job.input_bytes,
+                pages=self.document.page_count,
+                estimated=totals.estimated,
+            ),
+            pages_done=totals.pages_done,
+            pages_failed=totals.pages_failed,
+            elapsed_ms=duration_ms,
+            error=self.error,
+        )
 
 
 def page_end_event(outcome: PageOutcome) -> Event:
-    event: Event = {
-        "type": "page_end",
-        "page": outcome.number,
-        "status": outcome.status,
-        "usage": {
-            "prompt_tokens": outcome.prompt_tokens,
-            "completion_tokens": outcome.completion_tokens,
-            "completion_chars": outcome.completion_chars,
-            "estimated": outcome.estimated,
-        },
-        "finish_reason": outcome.finish_reason or None,
-        "elapsed_ms": outcome.duration_ms,
-    }
-    if outcome.error_code:
-        event["error"] = {"code": outcome.error_code, "message": outcome.error_message}
-    if outcome.layout:
-        event["layout"] = outcome.layout
-    if outcome.source != "ocr":
-        event["source"] = outcome.source
-    return event
+    return events.page_end(
+        page=outcome.number,
+        status=outcome.status,
+        usage=events.page_usage(
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            completion_chars=outcome.completion_chars,
+            estimated=outcome.estimated,
+        ),
+        finish_reason=outcome.finish_reason,
+        elapsed_ms=outcome.duration_ms,
+        error=events.error_detail(outcome.error_code, outcome.error_message) if outcome.error_code else None,
+        layout=outcome.layout,
+        from_text_layer=outcome.source == "text_layer",
+    )

@@ -14,6 +14,7 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from ocr.events import ErrorCode
 from ocr.models import JobStatus, OcrJob, OcrJobEvents, OcrPage, PageStatus
 
 #: Identifies this server process in ``OcrJob.worker``, so a restarted process can find the jobs it left.
@@ -195,12 +196,15 @@ page_record = sync_to_async(_record_page)
 
 #: Why a job ended when its pages did not decide it: the error code and message every closer uses.
 CLOSE_REASONS: dict[str, tuple[str, str]] = {
-    "cancelled_by_owner": ("cancelled", "The job was cancelled: cancelled by its owner."),
-    "client_gone": ("cancelled", "The job was cancelled: the client went away."),
-    "interrupted": ("interrupted", "The server stopped while the job ran; the pages that finished before are kept."),
-    "crashed": ("internal_error", "The job stopped unexpectedly."),
+    "cancelled_by_owner": (ErrorCode.CANCELLED, "The job was cancelled: cancelled by its owner."),
+    "client_gone": (ErrorCode.CANCELLED, "The job was cancelled: the client went away."),
+    "interrupted": (
+        ErrorCode.INTERRUPTED,
+        "The server stopped while the job ran; the pages that finished before are kept.",
+    ),
+    "crashed": (ErrorCode.INTERNAL_ERROR, "The job stopped unexpectedly."),
     "upload_unreadable": (
-        "upload_unreadable",
+        ErrorCode.UPLOAD_UNREADABLE,
         "The uploaded file could not be read back from storage; nothing was run.",
     ),
 }

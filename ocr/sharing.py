@@ -42,8 +42,9 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from ocr import metrics
+from ocr import events, metrics
 from ocr.config import OcrConfig
+from ocr.events import EventType
 from ocr.live import control_group, publish_interval
 from ocr.services import (
     WORKER_ID,
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-END = "end"
+END = EventType.END
 
 
 def pages_group(job_id: uuid.UUID | str) -> str:
@@ -260,11 +261,11 @@ class LeadShare:
             if number in run.told_ended or number in self._local:
                 continue
             if number not in run.told_started:
-                run.emit({"type": "page_start", "page": number})
+                run.emit(events.page_start(number))
             elif not outcome.text:
-                run.emit({"type": "page_delta", "page": number, "delta": "", "reset": True})
+                run.emit(events.page_delta(number, "", reset=True))
             if outcome.text:
-                run.emit({"type": "page_delta", "page": number, "delta": outcome.text, "reset": True})
+                run.emit(events.page_delta(number, outcome.text, reset=True))
             run.emit(page_end_event(outcome))
             self._broken.discard(number)
         self._changed.set()

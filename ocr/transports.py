@@ -1,4 +1,5 @@
-"""The pipeline's events on the wire: NDJSON for scripts, Server-Sent Events for browsers. No logic here.
+"""The pipeline's events on the wire: NDJSON for scripts, Server-Sent Events for browsers. Encoding only: what
+each frame holds, and what an image job's stream shows of it, is ``ocr.events``'.
 
 NDJSON frames are the published contract (``ARCHITECTURE.md``). Each batch of ready events becomes one chunk;
 consecutive deltas of one page within a batch are merged into one frame, which the contract allows (a page
@@ -9,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
-from typing import Any
 
 import orjson
 
-from ocr.pipeline import Event
+from ocr.events import Event, EventType, image_frame, page_delta
+from ocr.statuses import JobKind
 
 NDJSON_CONTENT_TYPE = "application/x-ndjson; charset=utf-8"
-_IMAGE_HIDDEN = frozenset({"page_start", "page_end"})
 
 
 def merge_deltas(batch: Iterable[Event]) -> list[Event]:
@@ -29,15 +29,12 @@ def merge_deltas(batch: Iterable[Event]) -> list[Event]:
 
     def flush() -> None:
         for page, parts in pending.items():
-            event = {"type": "page_delta", "page": page, "delta": "".join(parts)}
-            if page in resets:
-                event["reset"] = True
-            merged.append(event)
+            merged.append(page_delta(page, "".join(parts), reset=page in resets))
         pending.clear()
         resets.clear()
 
     for event in batch:
-        if event["type"] == "page_delta":
+        if event["type"] == EventType.PAGE_DELTA:
             page = event["page"]
             if event.get("reset"):
                 pending[page] = [event["delta"]]
@@ -57,25 +54,9 @@ def merge_deltas(batch: Iterable[Event]) -> list[Event]:
     return merged
 
 
-def ndjson_frame(event: Event, kind: str) -> dict[str, Any] | None:
+def ndjson_frame(event: Event, kind: str) -> Event | None:
     """The NDJSON frame for ``event`` in a job of ``kind``, or ``None`` when that kind has no such frame."""
-    if kind != "image":
-        return event
-    event_type = event["type"]
-    if event_type == "page_delta":
-        if event.get("reset"):
-            return {"type": "delta", "delta": event["delta"], "reset": True}
-        return {"type": "delta", "delta": event["delta"]}
-    if event_type in _IMAGE_HIDDEN:
-        return None
-    if event_type == "start":
-        return {key: value for key, value in event.items() if key != "pages"}
-    if event_type == "end":
-        usage = {key: value for key, value in event["usage"].items() if key != "pages"}
-        frame = {key: value for key, value in event.items() if key not in ("pages_done", "pages_failed")}
-        frame["usage"] = usage
-        return frame
-    return event
+    return image_frame(event) if kind == JobKind.IMAGE else event
 
 
 def encode_ndjson(batch: Iterable[Event], kind: str) -> bytes:

@@ -38,6 +38,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ocr.errors import OcrError
+from ocr.events import ErrorCode
 from ocr.models import OcrJob, WebhookAttempt, WebhookDelivery, WebhookSecret
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ USER_AGENT = "MyOCR-Webhook/1"
 
 class InvalidCallbackUrl(OcrError):
     status = 400
-    code = "invalid_callback_url"
+    code = ErrorCode.INVALID_CALLBACK_URL
 
 
 # --- the owner's secret ---------------------------------------------------------------------------------------

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from ocr import events
+from ocr.events import EventType
 from ocr.statuses import JobStatus
 
-IMAGE_USAGE_KEYS = {"prompt_tokens", "completion_tokens", "prompt_chars", "completion_chars", "input_bytes"}
-PAGE_USAGE_KEYS = {"prompt_tokens", "completion_tokens", "completion_chars"}
+PAGE_USAGE_KEYS = set(events.required_fields(events.PageUsage))
+PDF_USAGE_KEYS = set(events.required_fields(events.PdfUsage))
+IMAGE_USAGE_KEYS = PDF_USAGE_KEYS - events.IMAGE_USAGE_OMITTED
 JOB_STATUSES = set(JobStatus.run_endings())
+
+
+def required_keys(frame_type: str, kind: str) -> set[str]:
+    """The fields every ``frame_type`` frame of a ``kind`` stream carries, as ``ocr.events`` declares them."""
+    if kind == "image" and frame_type == EventType.DELTA:
+        return {"type"} | set(events.required_fields(events.PageDeltaFrame)) - {"page"}
+    keys = set(events.required_fields(events.FRAMES[frame_type]))
+    return keys - events.IMAGE_OMITTED.get(frame_type, set()) if kind == "image" else keys
 
 
 def assert_contract(frames: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -21,6 +32,9 @@ def assert_contract(frames: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     assert [f["type"] for f in frames].count("start") == 1
     assert end["status"] in JOB_STATUSES
     assert end["job_id"] == start["job_id"]
+    for frame in frames:
+        missing = required_keys(frame["type"], kind) - set(frame)
+        assert not missing, f"{frame['type']} frame without {sorted(missing)}"
     errors = [i for i, f in enumerate(frames) if f["type"] == "error"]
     if end["status"] == "failed":
         assert errors == [len(frames) - 2], "a failed job sends one error frame right before end"
@@ -37,7 +51,7 @@ def assert_contract(frames: list[dict[str, Any]], kind: str) -> dict[str, Any]:
         return end
     pages = start["pages"]
     assert isinstance(pages, int) and pages >= 1
-    assert IMAGE_USAGE_KEYS | {"pages"} <= set(end["usage"])
+    assert set(end["usage"]) >= PDF_USAGE_KEYS
     assert end["usage"]["pages"] == pages
     started: set[int] = set()
     ended: set[int] = set()

@@ -62,7 +62,7 @@ class DeltaCallback(Protocol):
 
 class Engine(abc.ABC):
     """Base class for engines. ``recognise`` passes text deltas to ``on_delta`` as they arrive and returns a
-    ``Completion``; failures raise ``ocr.errors.EngineError`` with one of the ``ENGINE_*`` codes. Cancelling
+    ``Completion``; failures raise ``ocr.errors.EngineError`` with one of ``ErrorCode``'s ``ENGINE_*`` codes. Cancelling
     the calling task stops the work (and the HTTP request) in flight."""
 
     name: str

@@ -27,7 +27,8 @@ from PIL import Image, ImageDraw, ImageFont
 from ocr.config import OcrConfig
 from ocr.engines.base import Completion, DeltaCallback, Engine, PageImage
 from ocr.engines.layout import analyse, to_markdown
-from ocr.errors import ENGINE_ERROR, ENGINE_TIMEOUT, EngineError
+from ocr.errors import EngineError
+from ocr.events import ErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class LocalEngine(Engine):
             return self._from_text_layer(page, on_delta)
         image = page.pixels
         if image is None:
-            raise EngineError("The embedded engine needs decoded pixels.", code=ENGINE_ERROR)
+            raise EngineError("The embedded engine needs decoded pixels.", code=ErrorCode.ENGINE_ERROR)
         loop = asyncio.get_running_loop()
         finished = threading.Event()
 
@@ -208,11 +209,11 @@ class LocalEngine(Engine):
         except TimeoutError:
             raise EngineError(
                 f"The embedded engine did not finish the page within {self._timeout:g} s.",
-                code=ENGINE_TIMEOUT,
+                code=ErrorCode.ENGINE_TIMEOUT,
             ) from None
         except Exception as exc:
             logger.exception("embedded OCR failed on page %s", page.number)
-            raise EngineError(f"The embedded engine failed: {exc}", code=ENGINE_ERROR) from exc
+            raise EngineError(f"The embedded engine failed: {exc}", code=ErrorCode.ENGINE_ERROR) from exc
         finally:
             finished.set()
         # The streamed lines were plain and in reading order; the structured page replaces them once known.

@@ -39,13 +39,8 @@ from ocr.engines.base import Completion, DeltaCallback, Engine, PageImage
 from ocr.engines.loops import Loop, LoopDetector
 from ocr.engines.profiles import GENERIC, ModelProfile, choose_profile, profile_for_model
 from ocr.engines.servers import Server, ServerPool, Ticket
-from ocr.errors import (
-    ENGINE_BAD_REQUEST,
-    ENGINE_ERROR,
-    ENGINE_TIMEOUT,
-    ENGINE_UNAVAILABLE,
-    EngineError,
-)
+from ocr.errors import EngineError
+from ocr.events import ErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +107,7 @@ class SseStream:
                     break
                 self._event(orjson.loads(payload), pieces)
         except orjson.JSONDecodeError:
-            raise EngineError("The engine sent a malformed stream.", code=ENGINE_ERROR) from None
+            raise EngineError("The engine sent a malformed stream.", code=ErrorCode.ENGINE_ERROR) from None
         finally:
             if pieces:
                 self.got_first = True
@@ -122,7 +117,7 @@ class SseStream:
     def _event(self, chunk: dict[str, Any], pieces: list[str]) -> None:
         error = chunk.get("error")
         if error is not None:
-            raise EngineError(_stream_error_message(error), code=ENGINE_ERROR)
+            raise EngineError(_stream_error_message(error), code=ErrorCode.ENGINE_ERROR)
         choices = chunk.get("choices")
         if choices:
             choice = choices[0]
@@ -139,10 +134,10 @@ class SseStream:
         """How the page ended; raises ``EngineError`` for a stream that broke off or ended abnormally."""
         if not self.done or self.finish_reason is None:
             raise EngineError(
-                "The engine closed the stream before finishing the page.", code=ENGINE_ERROR, transient=True
+                "The engine closed the stream before finishing the page.", code=ErrorCode.ENGINE_ERROR, transient=True
             )
         if self.finish_reason not in ("stop", "length"):
-            raise EngineError(f"The engine ended the page with '{self.finish_reason}'.", code=ENGINE_ERROR)
+            raise EngineError(f"The engine ended the page with '{self.finish_reason}'.", code=ErrorCode.ENGINE_ERROR)
         if self.usage is not None:
             return Completion(
                 finish_reason=self.finish_reason,
@@ -382,7 +377,7 @@ class VllmEngine(Engine):
                 self._settle(ticket, exc)
             raise
         except BaseException as exc:
-            result = "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal_error"
+            result = ErrorCode.CANCELLED if isinstance(exc, asyncio.CancelledError) else ErrorCode.INTERNAL_ERROR
             for ticket in held:
                 self.servers.release(ticket, result=result)
             raise
@@ -396,7 +391,7 @@ class VllmEngine(Engine):
         """Tell the pool how a request that failed with ``error`` ended, and release it."""
         if error.transient:
             self.servers.failed(ticket)
-        elif error.code != ENGINE_TIMEOUT:
+        elif error.code != ErrorCode.ENGINE_TIMEOUT:
             # An HTTP error or an error in the stream: the server answered. A timeout says nothing either way.
             self.servers.answered(ticket)
         self.servers.release(ticket, result=error.code)
@@ -473,12 +468,12 @@ class VllmEngine(Engine):
                 message = f"The engine did not finish the page within {config.total_timeout:g} s."
             else:
                 message = f"The engine stalled: no text for {idle:g} s."
-            raise EngineError(message, code=ENGINE_TIMEOUT) from None
+            raise EngineError(message, code=ErrorCode.ENGINE_TIMEOUT) from None
         except openai.APIError as exc:
             raise _engine_error(exc) from None
         except (httpx2.HTTPError, OSError) as exc:
             raise EngineError(
-                f"The connection to the engine broke: {_cause(exc)}", code=ENGINE_ERROR, transient=True
+                f"The connection to the engine broke: {_cause(exc)}", code=ErrorCode.ENGINE_ERROR, transient=True
             ) from None
         if detector.loop is not None and not stream.done:
             # Stopped early: no usage chunk; each content chunk was at least one token.
@@ -544,12 +539,14 @@ def _sum(first: Completion, second: Completion) -> Completion:
 def _engine_error(exc: openai.APIError) -> EngineError:
     # aiohttp's "connection refused" reaches us mapped to a connect *timeout*: look at the real cause.
     if isinstance(exc, openai.APITimeoutError) and not _caused_by(exc, aiohttp.ClientConnectorError):
-        return EngineError("Connecting to the engine timed out.", code=ENGINE_TIMEOUT, transient=True)
+        return EngineError("Connecting to the engine timed out.", code=ErrorCode.ENGINE_TIMEOUT, transient=True)
     if isinstance(exc, openai.APIConnectionError):
-        return EngineError(f"The engine is not reachable: {_cause(exc)}", code=ENGINE_UNAVAILABLE, transient=True)
+        return EngineError(
+            f"The engine is not reachable: {_cause(exc)}", code=ErrorCode.ENGINE_UNAVAILABLE, transient=True
+        )
     if isinstance(exc, openai.APIStatusError):
         return _status_error(exc)
-    return EngineError(f"The engine failed: {exc}", code=ENGINE_ERROR)
+    return EngineError(f"The engine failed: {exc}", code=ErrorCode.ENGINE_ERROR)
 
 
 def _status_error(exc: openai.APIStatusError) -> EngineError:
@@ -557,13 +554,13 @@ def _status_error(exc: openai.APIStatusError) -> EngineError:
     message = f"The engine answered HTTP {status}: {exc.message}"
     if status in (401, 403):
         return EngineError(
-            f"The engine refused our credentials (check LLM_API_KEY): HTTP {status}.", code=ENGINE_UNAVAILABLE
+            f"The engine refused our credentials (check LLM_API_KEY): HTTP {status}.", code=ErrorCode.ENGINE_UNAVAILABLE
         )
     if status in (429, 502, 503, 504):
-        return EngineError(message, code=ENGINE_UNAVAILABLE, transient=True)
+        return EngineError(message, code=ErrorCode.ENGINE_UNAVAILABLE, transient=True)
     if 400 <= status < 500:
-        return EngineError(message, code=ENGINE_BAD_REQUEST)
-    return EngineError(message, code=ENGINE_ERROR)
+        return EngineError(message, code=ErrorCode.ENGINE_BAD_REQUEST)
+    return EngineError(message, code=ErrorCode.ENGINE_ERROR)
 
 
 def _stream_error_message(error: Any) -> str:
