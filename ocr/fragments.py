@@ -17,25 +17,12 @@ from django.utils import timezone
 from django.utils.html import escape
 from django.utils.translation import gettext as _
 
+from ocr.error_texts import error_text
 from ocr.live import Batch, Snapshot, Update
 from ocr.models import JobStatus, OcrJob, OcrPage, PageStatus
 from ocr.rendering import Overlay, RenderedPage, render_page
 
 JOB_TEMPLATE = "ocr/job_detail.html"
-
-
-def error_text(code: str, message: str) -> str:
-    """A translated explanation for the error codes people meet in the browser; the engine's own message else."""
-    known = {
-        "cancelled": _("Cancelled."),
-        "interrupted": _("The server stopped while this job was running."),
-        "engine_unavailable": _("The OCR engine is not reachable."),
-        "engine_timeout": _("The OCR engine took too long to answer."),
-        "engine_cut_off": _("The engine stopped at its length limit: the text of this page is incomplete."),
-        "render_failed": _("This page could not be rendered."),
-        "internal_error": _("Something went wrong on the server."),
-    }
-    return str(known.get(code, message))
 
 
 @dataclass(slots=True)

@@ -40,6 +40,7 @@ from accounts.limits import LimitExceeded
 from myocr import startup
 from ocr import intake, selectors
 from ocr.config import ocr_config
+from ocr.error_texts import intake_message, limit_message
 from ocr.errors import OcrError
 from ocr.exports import ExportUnavailable, export_job
 from ocr.forms import EMBEDDED_CANNOT, PRESETS, UploadForm
@@ -71,43 +72,6 @@ async def favicon(request: HttpRequest) -> HttpResponse:
 
 
 # --- Upload ---------------------------------------------------------------------------------------------------
-
-
-def intake_message(error: OcrError) -> str:
-    """The intake's refusal in the user's language (the API keeps its English messages)."""
-    known = {
-        "empty_file": _("The file is empty."),
-        "file_too_large": _("The file is larger than the limit of %(limit)s.")
-        % {"limit": _format_bytes(ocr_config().max_upload_bytes)},
-        "unsupported_type": _(
-            "This is not a supported file. Upload a PNG, JPEG, WebP, GIF, BMP or TIFF image, or a PDF."
-        ),
-        "corrupt_file": _("The file is damaged and cannot be read."),
-        "image_too_large": _("The image has too many pixels."),
-        "bad_dimensions": _("The image is too small, too large or too narrow."),
-        "encrypted_pdf": _("The PDF is protected by a password; remove the password and upload it again."),
-        "empty_pdf": _("The PDF has no pages."),
-        "too_many_pages": _("The PDF has more pages than allowed (%(limit)s).") % {"limit": ocr_config().max_pdf_pages},
-        "engine_not_configured": _("No OCR engine is configured on this server."),
-        "queue_unavailable": _("The job queue is not available right now; nothing was kept. Try again in a moment."),
-    }
-    return str(known.get(error.code, error.message))
-
-
-def limit_message(error: LimitExceeded) -> str:
-    """A per-user limit's refusal in the user's language."""
-    known = {
-        "too_many_jobs": _("You have too many jobs running at once. Wait for one of them to end, then try again."),
-        "daily_quota_exceeded": _("You have used your pages for today. The quota starts again at midnight."),
-        "too_many_pages": _("This document has more pages than your daily quota."),
-    }
-    return str(known.get(error.code, error.message))
-
-
-def _format_bytes(size: int) -> str:
-    from django.template.defaultfilters import filesizeformat
-
-    return str(filesizeformat(size))
 
 
 def _home_context(request: HttpRequest, form: UploadForm) -> dict[str, Any]:
