@@ -36,6 +36,7 @@ from django.utils import timezone
 
 from accounts.models import UserLimits
 from myocr.http import ApiError
+from ocr.config import ocr_config
 from ocr.events import ErrorCode
 from ocr.models import JobStatus, OcrJob
 
@@ -103,7 +104,7 @@ def job_allowance(
         # or its snapshot could miss the job that the previous holder of the lock inserted.
         with connection.cursor() as cursor:
             cursor.execute(_lock_sql(), [owner.pk])
-    default_jobs, default_pages = settings.OCR_USER_MAX_RUNNING_JOBS, settings.OCR_USER_DAILY_PAGES
+    default_jobs, default_pages = ocr_config().user_max_running_jobs, ocr_config().user_daily_pages
     skip = 0 if measure else 1
     address = limits_address(owner)
     by_address = [address] if address else []

@@ -22,11 +22,11 @@ import time
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
 
 from myocr.http import ApiError
+from ocr.config import ocr_config
 from ocr.events import ErrorCode
 
 KEY_PREFIX = "myocr:rl"
@@ -58,15 +58,15 @@ class Window:
 
 
 def login_windows() -> tuple[Window, Window]:
-    seconds = settings.OCR_LOGIN_WINDOW_SECONDS
+    seconds = ocr_config().login_window_seconds
     return (
-        Window("login-user", settings.OCR_LOGIN_MAX_FAILURES, seconds),
-        Window("login-ip", settings.OCR_LOGIN_MAX_FAILURES_PER_IP, seconds),
+        Window("login-user", ocr_config().login_max_failures, seconds),
+        Window("login-ip", ocr_config().login_max_failures_per_ip, seconds),
     )
 
 
 def register_window() -> Window:
-    return Window("register", settings.OCR_REGISTER_MAX_PER_IP, settings.OCR_REGISTER_WINDOW_SECONDS)
+    return Window("register", ocr_config().register_max_per_ip, ocr_config().register_window_seconds)
 
 
 def client_address(request: HttpRequest) -> str:

@@ -23,8 +23,6 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-
 
 @dataclass
 class Result:

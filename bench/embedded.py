@@ -16,8 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from bench.common import app_server, cpu_seconds, multipart, print_table, stream_request
 from testing.documents import make_pdf
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-
 LINES = [
     "Optical character recognition turns images into text.",
     "This page was generated for the engine benchmark.",
@@ -37,6 +35,8 @@ def direct(pdf: bytes, threads: int) -> tuple[float, int]:
     import numpy as np
     import pypdfium2 as pdfium
     from rapidocr import RapidOCR
+
+    import ocr.engines.local  # noqa: F401  (it keeps onnxruntime's telemetry off; imported before rapidocr loads it)
 
     document = pdfium.PdfDocument(pdf)
     images = [np.asarray(page.render(scale=144 / 72).to_pil().convert("RGB"))[:, :, ::-1] for page in document]

@@ -7,7 +7,6 @@ layer. Production sets ``DEBUG=false`` (the default), a ``SECRET_KEY``, ``ALLOWE
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dj_database_url
@@ -278,8 +277,6 @@ LOGGING = {
         "openai": {"level": "WARNING"},
     },
 }
-
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # --- Live jobs in the browser (ocr/live.py) ------------------------------------------------------------------
 

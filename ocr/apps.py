@@ -1,6 +1,6 @@
 from django.apps import AppConfig
 
 
-class OcrConfig(AppConfig):
+class OcrAppConfig(AppConfig):  # the settings object is ocr.config.OcrConfig
     name = "ocr"
     verbose_name = "OCR"

@@ -1,6 +1,8 @@
 """The OCR settings as one typed, immutable object, built from Django settings.
 
-Code reads ``ocr_config()`` rather than ``settings.OCR_*`` so each limit has one name and one type. Tests that
+Code reads ``ocr_config()`` rather than ``settings.OCR_*`` so each limit has one name and one type: the engine,
+the task queue and its workers, webhooks, uploads and the per-user limits. (``myocr/settings.py`` reads and checks
+the environment; nothing else reads ``settings.OCR_*``.) Tests that
 override settings get a fresh object through the ``setting_changed`` signal.
 """
 
@@ -61,6 +63,26 @@ class OcrConfig:
     live_flush_seconds: float = 1.0
     live_publish_seconds: float = 0.05
     live_poll_seconds: float = 10.0
+    #: The task queue (``ocr/queue.py``) and its workers (``ocr/workers.py``): empty ``queue_url``, no queue.
+    queue_url: str = ""
+    queue_name: str = "ocr"
+    worker_jobs: int = 2
+    worker_heartbeat_seconds: float = 15.0
+    #: Uploads are deleted this many days after their job (``ocr/housekeeping.py``; 0 keeps them).
+    upload_retention_days: int = 30
+    #: Webhooks (``ocr/webhooks.py``).
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_seconds: float = 10.0
+    webhook_max_attempts: int = 8
+    #: Per-user limits (``accounts/limits.py``) and the sign-in rate limits (``accounts/ratelimit.py``).
+    user_max_running_jobs: int = 8
+    user_daily_pages: int = 2000
+    login_max_failures: int = 10
+    login_max_failures_per_ip: int = 50
+    login_window_seconds: int = 15 * 60
+    register_max_per_ip: int = 10
+    register_window_seconds: int = 60 * 60
 
 
 def resolve_engine_name(choice: str, base_url: str) -> str:
@@ -129,6 +151,22 @@ def ocr_config() -> OcrConfig:
         live_flush_seconds=settings.OCR_LIVE_FLUSH_SECONDS,
         live_publish_seconds=settings.OCR_LIVE_PUBLISH_SECONDS,
         live_poll_seconds=settings.OCR_LIVE_POLL_SECONDS,
+        queue_url=settings.OCR_QUEUE_URL,
+        queue_name=settings.OCR_QUEUE_NAME,
+        worker_jobs=settings.OCR_WORKER_JOBS,
+        worker_heartbeat_seconds=settings.OCR_WORKER_HEARTBEAT_SECONDS,
+        upload_retention_days=settings.OCR_UPLOAD_RETENTION_DAYS,
+        webhook_allow_private=settings.OCR_WEBHOOK_ALLOW_PRIVATE,
+        webhook_timeout_seconds=settings.OCR_WEBHOOK_TIMEOUT_SECONDS,
+        webhook_retry_seconds=settings.OCR_WEBHOOK_RETRY_SECONDS,
+        webhook_max_attempts=settings.OCR_WEBHOOK_MAX_ATTEMPTS,
+        user_max_running_jobs=settings.OCR_USER_MAX_RUNNING_JOBS,
+        user_daily_pages=settings.OCR_USER_DAILY_PAGES,
+        login_max_failures=settings.OCR_LOGIN_MAX_FAILURES,
+        login_max_failures_per_ip=settings.OCR_LOGIN_MAX_FAILURES_PER_IP,
+        login_window_seconds=settings.OCR_LOGIN_WINDOW_SECONDS,
+        register_max_per_ip=settings.OCR_REGISTER_MAX_PER_IP,
+        register_window_seconds=settings.OCR_REGISTER_WINDOW_SECONDS,
     )
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
+from ocr.config import ocr_config
 from ocr.models import JobStatus, OcrJob
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ UPLOAD_SWEEP_BATCH = 500
 def expire_uploads(now: datetime | None = None, *, batch: int = UPLOAD_SWEEP_BATCH) -> int:
     """Delete the uploaded files of jobs that ended more than ``OCR_UPLOAD_RETENTION_DAYS`` ago (0: keep them).
     The jobs, their pages' text and their usage stay; the job page says the file is gone. Returns how many."""
-    days = settings.OCR_UPLOAD_RETENTION_DAYS
+    days = ocr_config().upload_retention_days
     if days <= 0:
         return 0
     now = now or timezone.now()

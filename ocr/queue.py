@@ -25,19 +25,20 @@ import logging
 from functools import cache
 
 import dramatiq
-from django.conf import settings
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, AsyncIO, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications
 
+from ocr.config import ocr_config
+
 logger = logging.getLogger(__name__)
 
-QUEUE_NAME = settings.OCR_QUEUE_NAME
+QUEUE_NAME = ocr_config().queue_name
 #: Dramatiq retries of a job whose actor raised (an infrastructure failure): 1 s, 2 s, 4 s… up to 5 minutes.
 MAX_RETRIES = 8
 
 
 def enabled() -> bool:
-    return bool(settings.OCR_QUEUE_URL)
+    return bool(ocr_config().queue_url)
 
 
 def _middleware() -> list[dramatiq.Middleware]:
@@ -55,7 +56,7 @@ def _middleware() -> list[dramatiq.Middleware]:
 @cache
 def broker() -> dramatiq.Broker:
     """The broker for ``OCR_QUEUE_URL`` (set as Dramatiq's global broker)."""
-    url = settings.OCR_QUEUE_URL
+    url = ocr_config().queue_url
     if not url:
         selected: dramatiq.Broker = StubBroker(middleware=_middleware())
     elif url.startswith(("amqp://", "amqps://")):

@@ -33,10 +33,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from ocr.config import ocr_config
 from ocr.errors import OcrError
 from ocr.events import ErrorCode
 from ocr.models import OcrJob, WebhookAttempt, WebhookDelivery, WebhookSecret
@@ -121,7 +121,7 @@ def resolve(url: str) -> list[str]:
     except (socket.gaierror, UnicodeError):
         raise InvalidCallbackUrl(f"The callback URL's host {host!r} does not resolve.") from None
     addresses = sorted({info[4][0] for info in infos})
-    if not settings.OCR_WEBHOOK_ALLOW_PRIVATE:
+    if not ocr_config().webhook_allow_private:
         refused = [address for address in addresses if not _public(ipaddress.ip_address(address.split("%")[0]))]
         if refused:
             raise InvalidCallbackUrl(
@@ -200,7 +200,7 @@ def _claim(delivery_id: int) -> tuple[WebhookDelivery, bytes, str] | None:
         if delivery is None:
             return None
         # Moved on before sending: a second process looking now finds it not due.
-        delivery.next_attempt_at = now + timedelta(seconds=settings.OCR_WEBHOOK_TIMEOUT_SECONDS * 3)
+        delivery.next_attempt_at = now + timedelta(seconds=ocr_config().webhook_timeout_seconds * 3)
         delivery.save(update_fields=["next_attempt_at"])
         return delivery, _payload(delivery.job), secret_for(delivery.job.owner)
 
@@ -218,10 +218,10 @@ def _record(delivery: WebhookDelivery, *, status_code: int | None, error: str, d
         delay: float | None = None
         if ok:
             fields.update(state=WebhookDelivery.State.DELIVERED, delivered_at=now)
-        elif attempts >= settings.OCR_WEBHOOK_MAX_ATTEMPTS:
+        elif attempts >= ocr_config().webhook_max_attempts:
             fields.update(state=WebhookDelivery.State.FAILED)
         else:
-            delay = min(3600.0, settings.OCR_WEBHOOK_RETRY_SECONDS * 2 ** (attempts - 1))
+            delay = min(3600.0, ocr_config().webhook_retry_seconds * 2 ** (attempts - 1))
             fields.update(next_attempt_at=now + timedelta(seconds=delay))
         WebhookDelivery.objects.filter(pk=delivery.pk).update(**fields)
     return delay
@@ -245,7 +245,7 @@ async def attempt(delivery_id: int) -> float | None:
     except InvalidCallbackUrl as exc:
         error = exc.message
     except httpx.TimeoutException:
-        error = f"no answer within {settings.OCR_WEBHOOK_TIMEOUT_SECONDS:g} s"
+        error = f"no answer within {ocr_config().webhook_timeout_seconds:g} s"
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
     duration_ms = int((time.monotonic() - started) * 1000)
@@ -267,7 +267,7 @@ async def _post(url: str, address: str, body: bytes, secret: str, delivery_id: i
         "X-MyOCR-Event": "job.finished",
         "X-MyOCR-Delivery": str(delivery_id),
     }
-    timeout = settings.OCR_WEBHOOK_TIMEOUT_SECONDS
+    timeout = ocr_config().webhook_timeout_seconds
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
         request = client.build_request("POST", pinned, content=body, headers=headers)
         if parts.scheme == "https":
@@ -303,7 +303,7 @@ def deliver_in_background(delivery_id: int) -> None:
 
 def overdue_deliveries() -> list[int]:
     """Pending deliveries whose next attempt is well overdue: their process went away (for recovery)."""
-    cutoff = timezone.now() - timedelta(seconds=settings.OCR_WEBHOOK_TIMEOUT_SECONDS * 3)
+    cutoff = timezone.now() - timedelta(seconds=ocr_config().webhook_timeout_seconds * 3)
     return list(
         WebhookDelivery.objects.filter(state=WebhookDelivery.State.PENDING, next_attempt_at__lt=cutoff).values_list(
             "pk", flat=True

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.db.models import Min
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from ocr.config import ocr_config
 from ocr.models import JobStatus, OcrJob, Worker
 from ocr.services import WORKER_ID, jobs_interrupt, jobs_requeue
 
@@ -131,7 +131,7 @@ def heartbeat(now: datetime | None = None) -> None:
 
 
 def lease() -> timedelta:
-    return timedelta(seconds=settings.OCR_WORKER_HEARTBEAT_SECONDS * LEASE_HEARTBEATS)
+    return timedelta(seconds=ocr_config().worker_heartbeat_seconds * LEASE_HEARTBEATS)
 
 
 def dead_before(worker_id: str, row: Worker | None, this: Me, now: datetime) -> datetime | None:
@@ -244,7 +244,7 @@ def start_heartbeat() -> None:
 
 
 def _run() -> None:
-    interval = settings.OCR_WORKER_HEARTBEAT_SECONDS
+    interval = ocr_config().worker_heartbeat_seconds
     failures = 0
     while True:
         try:

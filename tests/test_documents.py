@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import struct
 import time
 import warnings
@@ -49,8 +48,9 @@ def upright_rgb(image: Image.Image) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def ocr_engine():
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is first imported
     from rapidocr import RapidOCR
+
+    import ocr.engines.local  # noqa: F401  (it keeps onnxruntime's telemetry off, before rapidocr loads it)
 
     return RapidOCR(params={"Global.log_level": "warning", "EngineConfig.onnxruntime.intra_op_num_threads": 1})
 

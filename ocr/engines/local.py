@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-# Must be set before onnxruntime is imported: ORT >= 1.29 otherwise records and sends telemetry.
+# Must be set before onnxruntime is imported: ORT >= 1.29 otherwise records and sends telemetry. The one place
+# it is set: everything that loads onnxruntime (through rapidocr) imports this module first.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from PIL import Image, ImageDraw, ImageFont

@@ -15,8 +15,9 @@ import os
 import signal
 import threading
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from ocr.config import ocr_config
 
 logger = logging.getLogger("ocr.worker")
 
@@ -37,14 +38,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: object, **options: object) -> None:
-        if not settings.OCR_QUEUE_URL:
+        if not ocr_config().queue_url:
             raise CommandError("OCR_QUEUE_URL is not set: without a queue, jobs run in the web process.")
         from dramatiq import Worker
 
         from myocr.startup import start_background_tasks
         from ocr import queue
 
-        jobs = int(options["jobs"]) or settings.OCR_WORKER_JOBS  # type: ignore[call-overload]
+        jobs = int(options["jobs"]) or ocr_config().worker_jobs  # type: ignore[call-overload]
         if options["metrics_port"]:
             from prometheus_client import start_http_server
 
@@ -70,7 +71,7 @@ class Command(BaseCommand):
 
         # Webhooks of jobs that ended here run on the same loop; recovery hands this loop overdue ones.
         serve_deliveries(get_event_loop_thread().loop)
-        self.stdout.write(f"OCR worker {os.getpid()}: {jobs} job(s) at once from {_redacted(settings.OCR_QUEUE_URL)}")
+        self.stdout.write(f"OCR worker {os.getpid()}: {jobs} job(s) at once from {_redacted(ocr_config().queue_url)}")
         self.stdout.flush()
         stop.wait()
         timeout_ms = int(float(options["stop_timeout"]) * 1000)  # type: ignore[arg-type]
