@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import accuracy, embedded, pdf_memory, pdf_pipeline, relay, startup
+from bench import accuracy, embedded, middleware, pdf_memory, pdf_pipeline, relay, startup
 from bench import queue as task_queue
 
 BENCHMARKS = [
@@ -22,6 +22,7 @@ BENCHMARKS = [
     ("embedded", embedded.main, []),
     ("accuracy", accuracy.main, []),
     ("startup", startup.main, []),
+    ("middleware", middleware.main, []),
     ("queue", task_queue.main, []),
 ]
 

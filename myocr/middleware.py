@@ -4,7 +4,16 @@ Django's own middleware classes are ``MiddlewareMixin`` subclasses: under ASGI e
 worker thread through ``sync_to_async``, two thread hops per middleware per request, about 2.5 ms of CPU for the
 standard stack on this project's machines. Their hooks do no blocking I/O except saving a session, so these
 subclasses run them inline on the event loop and move only a session save to a thread. They remain subclasses
-of Django's classes, so Django's system checks and ``MIDDLEWARE`` lookups still recognise them.
+of Django's classes.
+
+Measured with ``python -m bench.middleware`` (CPU per request, this stack against Django's own classes): 0.40 for
+an API call with a token, 0.63 for a page with a session and CSRF, 0.70 for an API 404 — 1.9 to 2.4 ms saved.
+
+Django's deploy checks (``manage.py check --deploy``) look for its security, CSRF and clickjacking middleware by
+dotted path, so they report these missing (W001–W003, silenced in settings) and skip every check that depends on
+them: HSTS, SSL redirect, ``nosniff``, ``X-Frame-Options: DENY``, secure CSRF cookie.
+``check_inline_middleware_deploy`` runs those checks as if the subclasses were Django's own classes and reports
+what they find under ``myocr.`` ids (registered by the ``myocr`` app).
 """
 
 from __future__ import annotations
@@ -12,11 +21,14 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth import middleware as auth
 from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
+from django.core import checks
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware import clickjacking, common, csrf, locale, security
+from django.utils.module_loading import import_string
 
 
 class InlineHooks:
@@ -76,3 +88,60 @@ class MessageMiddleware(InlineHooks, messages.MessageMiddleware):
 
 class XFrameOptionsMiddleware(InlineHooks, clickjacking.XFrameOptionsMiddleware):
     pass
+
+
+# --- deploy checks ----------------------------------------------------------------------------------------
+
+DJANGO_MIDDLEWARE = (
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+)
+
+
+def as_django_middleware(middleware: list[str]) -> list[str]:
+    """``middleware`` with each subclass of one of Django's security middleware replaced by Django's path."""
+    bases = [(path, import_string(path)) for path in DJANGO_MIDDLEWARE]
+    names = []
+    for path in middleware:
+        try:
+            cls = import_string(path)
+        except ImportError:
+            names.append(path)
+            continue
+        names.append(
+            next((base_path for base_path, base in bases if isinstance(cls, type) and issubclass(cls, base)), path)
+        )
+    return names
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_inline_middleware_deploy(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Django's middleware-dependent deploy checks, run against this project's subclasses of that middleware."""
+    from django.core.checks.security import base, csrf
+    from django.test.utils import override_settings
+
+    equivalent = as_django_middleware(list(settings.MIDDLEWARE))
+    if equivalent == list(settings.MIDDLEWARE):
+        return []  # Django finds its own middleware and runs these checks itself
+    django_checks = (
+        base.check_security_middleware,
+        base.check_xframe_options_middleware,
+        base.check_sts,
+        base.check_sts_include_subdomains,
+        base.check_sts_preload,
+        base.check_content_type_nosniff,
+        base.check_ssl_redirect,
+        base.check_xframe_deny,
+        base.check_referrer_policy,
+        base.check_cross_origin_opener_policy,
+        csrf.check_csrf_middleware,
+        csrf.check_csrf_cookie_secure,
+    )
+    found: list[checks.CheckMessage] = []
+    with override_settings(MIDDLEWARE=equivalent):
+        for check in django_checks:
+            found.extend(check(app_configs))
+    return [
+        type(message)(message.msg, hint=message.hint, obj=message.obj, id=f"myocr.{message.id}") for message in found
+    ]

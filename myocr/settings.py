@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "django_prometheus",
+    "myocr",
     "accounts",
     "ocr",
 ]
@@ -372,5 +373,5 @@ CONTENT_SECURITY_POLICY = env_str(
 PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 # Django's deploy checks find the security middleware by dotted path; ours are subclasses under other paths
-# (myocr/middleware.py), so myocr.security re-runs those checks under its own ids and these three are silenced.
+# (myocr/middleware.py), which re-runs those checks under its own ids, so these three are silenced.
 SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
