@@ -16,7 +16,6 @@ from myocr.handler import PooledThreadsASGIHandler, skip_twisted_form_parsing  #
 skip_twisted_form_parsing()
 django_application = PooledThreadsASGIHandler()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from myocr.startup import ResumeOrphansAtFirstRequest, start_background_tasks  # noqa: E402
@@ -35,6 +34,7 @@ http_application = UploadLimitMiddleware(
     max_bytes=lambda: ocr_config().max_upload_bytes,
 )
 
-application = ProtocolTypeRouter({"http": ResumeOrphansAtFirstRequest(http_application)})
+# HTTP only (Server-Sent Events and NDJSON streams are HTTP): no protocol router in front.
+application = ResumeOrphansAtFirstRequest(http_application)
 
 start_background_tasks()

@@ -7,7 +7,7 @@ session cookie (cookie auth without CSRF would be a hole).
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -246,3 +246,38 @@ def server_error(request: HttpRequest) -> HttpResponse:
     if _is_api(request):
         return error_response(ApiError("Internal error.", code=ErrorCode.INTERNAL_ERROR, status=500))
     return defaults.server_error(request)
+
+
+# --- Streaming bodies -----------------------------------------------------------------------------------------
+
+
+class _ClosingAsyncContent:
+    __slots__ = ("_content", "close")
+
+    def __init__(self, content: AsyncIterable[Any], on_close: Callable[[], None]) -> None:
+        self._content = content
+        self.close = on_close
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return aiter(self._content)
+
+
+class _ClosingSyncContent:
+    __slots__ = ("_content", "close")
+
+    def __init__(self, content: Iterable[Any], on_close: Callable[[], None]) -> None:
+        self._content = content
+        self.close = on_close
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._content)
+
+
+def closing_content(
+    content: AsyncIterable[Any] | Iterable[Any], on_close: Callable[[], None]
+) -> _ClosingAsyncContent | _ClosingSyncContent:
+    """``content`` for a ``StreamingHttpResponse`` that runs ``on_close`` when the response is closed, whether or
+    not its body was ever read (a client gone before the first chunk): Django calls its content's ``close()``."""
+    if hasattr(content, "__aiter__"):
+        return _ClosingAsyncContent(content, on_close)  # type: ignore[arg-type]
+    return _ClosingSyncContent(content, on_close)  # type: ignore[arg-type]

@@ -64,6 +64,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
+from myocr.http import closing_content
 from ocr.events import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -240,13 +241,10 @@ def _measure(exchange: _Exchange, response: HttpResponse) -> HttpResponse:
         exchange.finish(len(response.content))
         return response
     exchange.event_stream = response.get("Content-Type", "").startswith("text/event-stream")
-    if response.is_async:
-        response.streaming_content = _async_body(exchange, response.streaming_content)
-    else:
-        response.streaming_content = _sync_body(exchange, response.streaming_content)
+    body = (_async_body if response.is_async else _sync_body)(exchange, response.streaming_content)
     # The server closes the response even when the body was never iterated (a client gone before the first
     # chunk); the generator's ``finally`` has then not run.
-    response._resource_closers.append(lambda: exchange.finish(0))
+    response.streaming_content = closing_content(body, lambda: exchange.finish(0))
     return response
 
 

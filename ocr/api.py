@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 
-from myocr.http import ApiError, api_endpoint
+from myocr.http import ApiError, api_endpoint, closing_content
 from ocr import intake, metrics, webhooks
 from ocr.config import TEXT_LAYER_CHOICES, ocr_config
 from ocr.errors import IntakeError
@@ -104,17 +104,17 @@ async def _start_job(request: HttpRequest, *, kind: str) -> HttpResponse:
         text_layer=clean_text_layer(request),
     )
     job = run.job
-    response = StreamingHttpResponse(ndjson_stream(run.batches(), kind), content_type=NDJSON_CONTENT_TYPE)
-    response["Cache-Control"] = "no-store"
-    response["X-Accel-Buffering"] = "no"
-    response["X-Job-Id"] = str(job.pk)
 
     def close_if_never_started() -> None:
         # The client can leave before the first chunk; the stream then never runs and must not stay "running".
         if not run.started:
             job_abandon(job_id=job.pk)
 
-    response._resource_closers.append(close_if_never_started)
+    body = closing_content(ndjson_stream(run.batches(), kind), close_if_never_started)
+    response = StreamingHttpResponse(body, content_type=NDJSON_CONTENT_TYPE)
+    response["Cache-Control"] = "no-store"
+    response["X-Accel-Buffering"] = "no"
+    response["X-Job-Id"] = str(job.pk)
     return response
 
 

@@ -28,8 +28,7 @@ from ocr.events import ErrorCode
 from ocr.statuses import JobKind, JobStatus, PageStatus
 
 if TYPE_CHECKING:
-    import asyncio
-
+    from ocr.engines.base import EngineSlots
     from ocr.services import PageOutcome
 
 KINDS = tuple(kind.value for kind in JobKind)
@@ -171,7 +170,7 @@ class EngineSlot:
 
     __slots__ = ("_queued_at", "_semaphore")
 
-    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+    def __init__(self, semaphore: EngineSlots) -> None:
         self._semaphore = semaphore
         self._queued_at = 0.0
 

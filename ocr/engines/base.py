@@ -60,6 +60,24 @@ class DeltaCallback(Protocol):
     def __call__(self, text: str, *, reset: bool = False) -> None: ...
 
 
+class EngineSlots:
+    """An engine's limit on pages at once (for one event loop), knowing how many pages hold a slot."""
+
+    __slots__ = ("_semaphore", "held")
+
+    def __init__(self, limit: int) -> None:
+        self._semaphore = asyncio.Semaphore(limit)
+        self.held = 0
+
+    async def acquire(self) -> None:
+        await self._semaphore.acquire()
+        self.held += 1
+
+    def release(self) -> None:
+        self.held -= 1
+        self._semaphore.release()
+
+
 class Engine(abc.ABC):
     """Base class for engines. ``recognise`` passes text deltas to ``on_delta`` as they arrive and returns a
     ``Completion``; failures raise ``ocr.errors.EngineError`` with one of ``ErrorCode``'s ``ENGINE_*`` codes. Cancelling
@@ -73,22 +91,20 @@ class Engine(abc.ABC):
     def __init__(self, *, concurrency: int) -> None:
         self.concurrency = concurrency
         # asyncio primitives belong to one event loop; tests and commands may run several loops in turn.
-        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EngineSlots] = weakref.WeakKeyDictionary()
 
-    def slots(self) -> asyncio.Semaphore:
+    def slots(self) -> EngineSlots:
         """The process-wide limit on pages this engine works on at once (for the running event loop)."""
         loop = asyncio.get_running_loop()
         semaphore = self._slots.get(loop)
         if semaphore is None:
-            semaphore = self._slots[loop] = asyncio.Semaphore(self.concurrency)
+            semaphore = self._slots[loop] = EngineSlots(self.concurrency)
         return semaphore
 
     def busy(self) -> int:
         """Pages in flight in this engine for the running event loop."""
         semaphore = self._slots.get(asyncio.get_running_loop())
-        return 0 if semaphore is None else self.concurrency - semaphore._value
+        return 0 if semaphore is None else semaphore.held
 
     @abc.abstractmethod
     async def recognise(self, page: PageImage, prompt: str, on_delta: DeltaCallback) -> Completion:
