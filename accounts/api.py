@@ -122,17 +122,17 @@ def user_as_dict(user: AbstractBaseUser) -> dict[str, Any]:
 
 @api_endpoint(methods=("GET",))
 async def me(request: HttpRequest) -> HttpResponse:
-    data = user_as_dict(request.user)
+    data = user_as_dict(request.owner)
     data["auth_enabled"] = settings.AUTH_ENABLED
     return JsonResponse(data, json_dumps_params=UTF8)
 
 
 @api_endpoint(methods=("GET",))
 async def my_usage(request: HttpRequest) -> HttpResponse:
-    events = await ausage_events(owner=request.user)
+    events = await ausage_events(owner=request.owner)
     return JsonResponse(events, safe=False, json_dumps_params=UTF8)
 
 
 @api_endpoint(methods=("GET",))
 async def my_usage_summary(request: HttpRequest) -> HttpResponse:
-    return JsonResponse(await ausage_summary(owner=request.user))
+    return JsonResponse(await ausage_summary(owner=request.owner))

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 
-from myocr.http import anonymous_user_of
+from accounts.authentication import anonymous_user_of
 
 
 def page_owner_required(view: Callable[..., Any]) -> Callable[..., Any]:

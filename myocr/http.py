@@ -11,10 +11,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from http import HTTPStatus
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import (
     BadRequest,
     PermissionDenied,
@@ -68,50 +66,12 @@ def not_authenticated(message: str) -> ApiError:
     return ApiError(message, code=ErrorCode.NOT_AUTHENTICATED, status=401, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def authenticate_request(request: HttpRequest) -> AbstractBaseUser:
-    """The user behind the request's bearer token; with ``AUTH_ENABLED=false``, the ``anonymous`` user when
-    no valid token is given."""
-    from accounts.tokens import atoken_authenticate
-
-    header = request.headers.get("Authorization", "")
-    scheme, _, secret = header.partition(" ")
-    user = None
-    if scheme.lower() == "bearer" and secret.strip():
-        user = await atoken_authenticate(secret.strip())
-        if user is None and settings.AUTH_ENABLED:
-            raise not_authenticated("The token is invalid, expired or revoked.")
-    if user is None:
-        if settings.AUTH_ENABLED:
-            raise not_authenticated("Send an API token: 'Authorization: Bearer <token>'.")
-        user = await anonymous_user_of(request)
-    return user
-
-
-async def anonymous_user_of(request: HttpRequest) -> AbstractBaseUser:
-    """The ``anonymous`` user, its job limits counted per client address of ``request`` (as the sign-in limits
-    are): with authentication off, one shared user must not mean one limit for the whole service."""
-    from accounts.limits import for_client_address
-    from accounts.ratelimit import client_address
-
-    return for_client_address(await anonymous_user(), client_address(request))
-
-
-@sync_to_async
-def anonymous_user() -> AbstractBaseUser:
-    """The shared user that owns requests when authentication is off, as in the original My OCR."""
-    user_model = get_user_model()
-    user, _ = user_model.objects.get_or_create(username=settings.ANONYMOUS_USERNAME, defaults={"is_active": True})
-    if user.has_usable_password():
-        user.set_unusable_password()
-        user.save(update_fields=["password"])
-    return user
-
-
 ApiView = Callable[..., Awaitable[HttpResponse]]
 
 
 def api_endpoint(*, methods: tuple[str, ...], auth: bool = True) -> Callable[[ApiView], ApiView]:
-    """Make an async view a JSON API endpoint: method check, bearer auth (``request.user``), JSON errors."""
+    """Make an async view a JSON API endpoint: method check, bearer auth (the caller in ``request.owner``, as on
+    the pages), JSON errors."""
 
     def decorate(view: ApiView) -> ApiView:
         @csrf_exempt
@@ -126,7 +86,9 @@ def api_endpoint(*, methods: tuple[str, ...], auth: bool = True) -> Callable[[Ap
                         headers={"Allow": ", ".join(methods)},
                     )
                 if auth:
-                    request.user = await authenticate_request(request)
+                    from accounts.authentication import authenticate_request
+
+                    request.owner = await authenticate_request(request)
                 return await view(request, *args, **kwargs)
             except ApiError as error:
                 return error_response(error)

@@ -96,7 +96,7 @@ def clean_text_layer(request: HttpRequest) -> str:
 async def _start_job(request: HttpRequest, *, kind: str) -> HttpResponse:
     upload, raw_prompt = await read_upload(request)
     run = await prepare_job(
-        owner=request.user,
+        owner=request.owner,
         upload=upload,
         kind=kind,
         source=JobSource.API,
@@ -131,7 +131,7 @@ def _json(data: Any, *, status: int = 200) -> JsonResponse:
 
 
 async def _owned(request: HttpRequest, job_id: str) -> OcrJob:
-    job = await ajob_for_owner(owner=request.user, job_id=job_id)
+    job = await ajob_for_owner(owner=request.owner, job_id=job_id)
     if job is None:
         raise ApiError("No such job.", code=ErrorCode.NOT_FOUND, status=404)
     return job
@@ -198,7 +198,7 @@ async def _submit_jobs(request: HttpRequest) -> HttpResponse:
     entries = []
     for upload, kind in zip(uploads, kinds, strict=True):
         job = await submit_job(
-            owner=request.user,
+            owner=request.owner,
             upload=upload,
             kind=kind,
             source=JobSource.API,
@@ -231,7 +231,7 @@ def refuse_unknown_parameters(request: HttpRequest, known: tuple[str, ...]) -> N
 
 async def _list_jobs(request: HttpRequest) -> HttpResponse:
     refuse_unknown_parameters(request, ("status", "kind", "page", "page_size"))
-    query = visible_jobs_for_owner(owner=request.user).order_by("-created_at")
+    query = visible_jobs_for_owner(owner=request.owner).order_by("-created_at")
     status = request.GET.get("status")
     if status:
         if status not in JobStatus.values:
@@ -320,14 +320,14 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponse:
 @api_endpoint(methods=("GET",))
 async def my_webhook(request: HttpRequest) -> HttpResponse:
     """The key your webhooks are signed with."""
-    secret = await sync_to_async(webhooks.secret_for)(request.user)
+    secret = await sync_to_async(webhooks.secret_for)(request.owner)
     return _json({"secret": secret, "signature_header": webhooks.SIGNATURE_HEADER})
 
 
 @api_endpoint(methods=("POST",))
 async def my_webhook_rotate(request: HttpRequest) -> HttpResponse:
     """Replace the key: webhooks from now on are signed with the new one."""
-    secret = await sync_to_async(webhooks.rotate_secret)(request.user)
+    secret = await sync_to_async(webhooks.rotate_secret)(request.owner)
     return _json({"secret": secret, "signature_header": webhooks.SIGNATURE_HEADER})
 
 

@@ -299,7 +299,7 @@ async def anonymous_upload(monkeypatch: Any, address: str, data: bytes = PNG, ki
 
 
 async def anonymous_user_model() -> Any:
-    from myocr.http import anonymous_user
+    from accounts.authentication import anonymous_user
 
     return await anonymous_user()
 

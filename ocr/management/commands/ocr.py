@@ -9,7 +9,7 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from myocr.http import anonymous_user
+from accounts.authentication import anonymous_user
 from ocr import intake
 from ocr.api import clean_prompt
 from ocr.errors import OcrError
