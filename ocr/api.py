@@ -7,12 +7,12 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 
 from myocr.http import ApiError, api_endpoint, closing_content
 from ocr import intake, metrics, webhooks
-from ocr.config import TEXT_LAYER_CHOICES, ocr_config
+from ocr.api_forms import read_ocr_request
+from ocr.config import ocr_config
 from ocr.errors import IntakeError
 from ocr.events import ErrorCode
 from ocr.exports import export_job
@@ -20,7 +20,6 @@ from ocr.jobs import cancel_job, retry_failed_pages, submit_job
 from ocr.live import job_frames
 from ocr.models import JobKind, JobSource, JobStatus, OcrJob
 from ocr.pipeline import prepare_job
-from ocr.prompts import PromptError, check_prompt
 from ocr.selectors import ajob_detail, ajob_for_owner, job_as_dict, visible_jobs_for_owner
 from ocr.services import JobNotFinished, job_abandon, job_delete
 from ocr.transports import NDJSON_CONTENT_TYPE, ndjson_frames_stream, ndjson_stream
@@ -36,46 +35,6 @@ async def ocr_pdf(request: HttpRequest) -> HttpResponse:
     return await start_ocr(request, kind="pdf")
 
 
-async def read_upload(request: HttpRequest) -> tuple[intake.Upload, str]:
-    """The uploaded ``file`` and the ``prompt`` field of a multipart request."""
-    content_type = request.content_type or ""
-    if content_type != "multipart/form-data":
-        raise IntakeError(
-            "Send the file as multipart/form-data in a field named 'file'.", code=ErrorCode.MISSING_FILE, status=400
-        )
-
-    def parse() -> tuple[intake.Upload | None, str]:
-        upload = request.FILES.get("file")
-        prompt = request.POST.get("prompt", "")
-        if upload is None:
-            return None, prompt
-        return intake.Upload(data=upload.read(), file_name=intake.clean_file_name(upload.name)), prompt
-
-    try:
-        # Django's multipart parser is pure Python and copies the file: off the event loop, which under a burst
-        # of uploads is the bottleneck for everyone's first frame.
-        upload, prompt = await sync_to_async(parse, thread_sensitive=False)()
-    except MultiPartParserError:
-        raise IntakeError(
-            "The multipart/form-data body could not be read.", code=ErrorCode.BAD_REQUEST, status=400
-        ) from None
-    if upload is None:
-        raise IntakeError("No file in the request: send it in a field named 'file'.", code=ErrorCode.MISSING_FILE)
-    return upload, prompt
-
-
-def clean_prompt(raw: str | None) -> str:
-    config = ocr_config()
-    prompt = (raw or "").strip()
-    if not prompt:
-        return config.default_prompt
-    try:
-        check_prompt(prompt)
-    except PromptError as exc:
-        raise ApiError(exc.message, code=ErrorCode.INVALID_PROMPT) from None
-    return prompt
-
-
 async def start_ocr(request: HttpRequest, *, kind: str) -> HttpResponse:
     try:
         return await _start_job(request, kind=kind)
@@ -84,24 +43,15 @@ async def start_ocr(request: HttpRequest, *, kind: str) -> HttpResponse:
         raise
 
 
-def clean_text_layer(request: HttpRequest) -> str:
-    """The request's ``text_layer`` field: ``auto`` (read a PDF page from its text layer when it is usable),
-    ``ocr`` (OCR every page), or "" for the server's ``OCR_PDF_TEXT_LAYER``. Read after the body is parsed."""
-    value = request.POST.get("text_layer", "").strip()
-    if value and value not in TEXT_LAYER_CHOICES:
-        raise ApiError(f"text_layer is one of {', '.join(TEXT_LAYER_CHOICES)}.", code=ErrorCode.INVALID_TEXT_LAYER)
-    return value
-
-
 async def _start_job(request: HttpRequest, *, kind: str) -> HttpResponse:
-    upload, raw_prompt = await read_upload(request)
+    (upload,), form = await read_ocr_request(request, batch=False)
     run = await prepare_job(
         owner=request.owner,
         upload=upload,
         kind=kind,
         source=JobSource.API,
-        prompt=clean_prompt(raw_prompt),
-        text_layer=clean_text_layer(request),
+        prompt=form.cleaned_data["prompt"],
+        text_layer=form.cleaned_data["text_layer"],
     )
     job = run.job
 
@@ -121,7 +71,6 @@ async def _start_job(request: HttpRequest, *, kind: str) -> HttpResponse:
 # --- The job API ----------------------------------------------------------------------------------------------
 
 #: Files one ``POST /api/jobs`` may carry.
-MAX_BATCH_FILES = 100
 JOBS_PAGE_SIZE = 50
 MAX_JOBS_PAGE_SIZE = 200
 
@@ -151,36 +100,10 @@ async def jobs(request: HttpRequest) -> HttpResponse:
     return await _list_jobs(request)
 
 
-async def read_batch(request: HttpRequest) -> tuple[list[intake.Upload], str]:
-    """The uploaded ``file`` fields and the ``prompt`` of a multipart request."""
-    if (request.content_type or "") != "multipart/form-data":
-        raise IntakeError(
-            "Send the files as multipart/form-data in fields named 'file'.", code=ErrorCode.MISSING_FILE, status=400
-        )
-
-    def parse() -> tuple[list[intake.Upload], str]:
-        files = request.FILES.getlist("file")
-        if len(files) > MAX_BATCH_FILES:
-            raise IntakeError(f"Send at most {MAX_BATCH_FILES} files at once.", code=ErrorCode.TOO_MANY_FILES)
-        uploads = [intake.Upload(data=file.read(), file_name=intake.clean_file_name(file.name)) for file in files]
-        return uploads, request.POST.get("prompt", "")
-
-    try:
-        uploads, prompt = await sync_to_async(parse, thread_sensitive=False)()
-    except MultiPartParserError:
-        raise IntakeError(
-            "The multipart/form-data body could not be read.", code=ErrorCode.BAD_REQUEST, status=400
-        ) from None
-    if not uploads:
-        raise IntakeError("No file in the request: send it in a field named 'file'.", code=ErrorCode.MISSING_FILE)
-    return uploads, prompt
-
-
 async def _submit_jobs(request: HttpRequest) -> HttpResponse:
-    uploads, raw_prompt = await read_batch(request)
-    prompt = clean_prompt(raw_prompt)
-    text_layer = clean_text_layer(request)
-    callback_url = request.POST.get("callback_url", "")
+    uploads, form = await read_ocr_request(request, batch=True)
+    prompt, text_layer = form.cleaned_data["prompt"], form.cleaned_data["text_layer"]
+    callback_url = form.cleaned_data["callback_url"]
     if callback_url:
         callback_url = await sync_to_async(webhooks.validate_callback_url, thread_sensitive=False)(callback_url)
     config = ocr_config()

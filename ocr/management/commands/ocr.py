@@ -11,10 +11,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.authentication import anonymous_user
 from ocr import intake
-from ocr.api import clean_prompt
+from ocr.api_forms import prompt_or_default
 from ocr.errors import OcrError
+from ocr.events import ErrorCode
 from ocr.models import JobSource
 from ocr.pipeline import prepare_job
+from ocr.prompts import PromptError
 from ocr.transports import ndjson_stream
 
 
@@ -34,6 +36,8 @@ class Command(BaseCommand):
             status = asyncio.run(self.run(path, str(options["prompt"]), str(options["user"])))
         except OcrError as exc:
             raise CommandError(f"{exc.code}: {exc.message}") from None
+        except PromptError as exc:
+            raise CommandError(f"{ErrorCode.INVALID_PROMPT}: {exc.message}") from None
         if status not in ("done", "partial"):
             sys.exit(1)
 
@@ -41,7 +45,7 @@ class Command(BaseCommand):
         data = await asyncio.to_thread(path.read_bytes)
         kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
         upload = intake.Upload(data=data, file_name=intake.clean_file_name(path.name))
-        prompt = clean_prompt(raw_prompt)
+        prompt = prompt_or_default(raw_prompt)
         owner = await self.owner(username)
         run = await prepare_job(
             owner=owner, upload=upload, kind=kind, source=JobSource.CLI, prompt=prompt, enforce_limits=False
