@@ -77,10 +77,11 @@ def page(chromium, server, setup):
     context.close()
 
 
-def shot(page, setup, name: str) -> None:
+def shot(page, setup, name: str, *, full_page: bool = True) -> None:
+    """A screenshot of the step; of the window only while a modal dialog covers it."""
     language, width, _height = setup
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"viewer-{name}-{language}-{width}.png"), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / f"viewer-{name}-{language}-{width}.png"), full_page=full_page)
 
 
 def start_pdf(page, server, pages: int, *, preset: str | None = None) -> None:
@@ -120,7 +121,7 @@ def test_the_page_image_opens_enlarged_and_zooms_with_buttons_and_keys(page, ser
     expect(dialog.locator("[data-zoom-canvas] img")).to_be_visible()
     expect(dialog).to_have_attribute("data-scale", "1")
     fitted = dialog.locator("[data-zoom-canvas]").bounding_box()["width"]
-    shot(page, setup, "01-zoom-open")
+    shot(page, setup, "01-zoom-open", full_page=False)
 
     page.keyboard.press("+")
     page.keyboard.press("+")
@@ -128,7 +129,7 @@ def test_the_page_image_opens_enlarged_and_zooms_with_buttons_and_keys(page, ser
     zoomed = dialog.locator("[data-zoom-canvas]").bounding_box()["width"]
     assert zoomed > fitted * 1.5
     expect(dialog.locator("[data-zoom-level]")).to_have_text("156%")
-    shot(page, setup, "02-zoomed-in")
+    shot(page, setup, "02-zoomed-in", full_page=False)
 
     dialog.locator('[data-zoom-step="out"]').click()
     expect(dialog).to_have_attribute("data-scale", "1.25")
