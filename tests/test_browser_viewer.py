@@ -282,3 +282,50 @@ def test_cancel_leaves_every_page_cancelled(page, server, fake, setup):
     for number in range(1, 6):
         expect(page_status(page, number)).to_have_attribute("data-page-status", "cancelled")
     assert page.locator("a[href$='/result.md']").count() == 0, "no download without text"
+
+
+@pytest.fixture(scope="module")
+def local_server(tmp_path_factory):
+    """The embedded engine, reading born-digital PDF pages from their text layer: line boxes, no model needed."""
+    app = AppServer(
+        tmp_path_factory.mktemp("viewer-local-server"), {"OCR_ENGINE": "local", "OCR_PDF_TEXT_LAYER": "auto"}
+    )
+    app.start()
+    app.register_and_login("vera")
+    yield app
+    app.stop()
+
+
+def test_the_embedded_engines_line_boxes_are_linked_to_their_text_too(chromium, local_server):
+    setup = ("en", 1280, 900)
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB")
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(f"{local_server.url}/accounts/login/")
+        page.get_by_label("Username").fill("vera")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(f"{local_server.url}/")
+        start_pdf(page, local_server, 2)
+        wait_done(page)
+        pane = page.locator("#page-1")
+        boxes = pane.locator("svg.boxes g.box[data-block]")
+        assert boxes.count() >= 4  # one a line
+        assert pane.locator(".page__rendered .block[data-block]").count() >= 1
+
+        box = boxes.nth(2)
+        block = box.get_attribute("data-block")
+        text = pane.locator(f'.page__rendered .block[data-block="{block}"]')
+        box.hover()
+        expect(text).to_have_class(re.compile(r"\bis-linked\b"))
+        assert box.locator("title").text_content().split(":", 1)[1].strip() in text.text_content()
+        shot(page, setup, "14-embedded-engine-box-hovered")
+
+        page.mouse.move(0, 0)
+        text.hover()
+        linked = pane.locator(f'svg.boxes g.box.is-linked[data-block="{block}"]')
+        expect(linked).to_have_count(pane.locator(f'svg.boxes g.box[data-block="{block}"]').count())
+        assert linked.count() >= 1
+    finally:
+        context.close()
