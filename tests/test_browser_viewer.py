@@ -97,6 +97,31 @@ def start_pdf(page, server, pages: int, *, preset: str | None = None) -> None:
     page.wait_for_url(re.compile(r".*/jobs/[0-9a-f-]{36}/$"))
 
 
+def pinch(page, element, *, apart: tuple[int, int]) -> None:
+    """Two touches on ``element``'s middle, moved from ``apart[0]`` to ``apart[1]`` pixels apart (Chromium's
+    DevTools protocol: Playwright has no multi-touch of its own)."""
+    box = element.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    session = page.context.new_cdp_session(page)
+
+    def touch(kind: str, distance: float) -> None:
+        points = (
+            []
+            if kind == "touchEnd"
+            else [
+                {"x": x - distance / 2, "y": y, "id": 1},
+                {"x": x + distance / 2, "y": y, "id": 2},
+            ]
+        )
+        session.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+    touch("touchStart", apart[0])
+    for step in range(1, 11):
+        touch("touchMove", apart[0] + (apart[1] - apart[0]) * step / 10)
+    touch("touchEnd", apart[1])
+    session.detach()
+
+
 def wait_done(page) -> None:
     expect(page.locator('[data-job-status="done"]')).to_have_count(1, timeout=60_000)
 
@@ -140,6 +165,15 @@ def test_the_page_image_opens_enlarged_and_zooms_with_buttons_and_keys(page, ser
     expect(dialog).to_have_attribute("data-scale", "0.5")
     expect(dialog.locator('[data-zoom-step="out"]')).to_be_disabled()
 
+    stage = dialog.locator("[data-zoom-stage]")
+    stage.dblclick()
+    expect(dialog).to_have_attribute("data-scale", "2")
+    stage.dblclick()
+    expect(dialog).to_have_attribute("data-scale", "1")
+    pinch(page, stage, apart=(40, 160))  # two fingers spread to four times their distance
+    expect(dialog).to_have_attribute("data-scale", re.compile(r"^(3\.[5-9]|4(\.\d+)?)"))
+    shot(page, setup, "02b-pinched", full_page=False)
+
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
     expect(link).to_be_focused()  # back where the reader was
@@ -160,6 +194,7 @@ def test_the_page_list_jumps_to_a_page_and_marks_the_one_in_view(page, server, f
     expect(strip.locator("li")).to_have_count(5)
     for number in range(1, 6):
         expect(page_status(page, number)).to_have_attribute("data-page-status", "done")
+    assert page.evaluate("document.documentElement.scrollWidth") <= setup[1], "no sideways scrolling"
     shot(page, setup, "04-page-list")
 
     page.locator("#page-link-4 a").click()

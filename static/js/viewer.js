@@ -93,9 +93,19 @@
     box.querySelector('[data-zoom-step="in"]').disabled = zoom.scale >= ZOOM_MAX;
   }
 
-  function setZoom(scale) {
+  // Zooms keep the point under (clientX, clientY), or the middle of the window, where it was.
+  function setZoom(scale, clientX, clientY) {
+    var stage = dialog().querySelector("[data-zoom-stage]");
+    var rect = stage.getBoundingClientRect();
+    var x = clientX === undefined ? stage.clientWidth / 2 : clientX - rect.left;
+    var y = clientY === undefined ? stage.clientHeight / 2 : clientY - rect.top;
+    var before = zoom.scale;
+    var pointX = (stage.scrollLeft + x) / before;
+    var pointY = (stage.scrollTop + y) / before;
     zoom.scale = Math.min(ZOOM_MAX, Math.max(ZOOM_MIN, Math.round(scale * 1000) / 1000));
     applyZoom();
+    stage.scrollLeft = pointX * zoom.scale - x;
+    stage.scrollTop = pointY * zoom.scale - y;
   }
 
   function step(direction) {
@@ -113,6 +123,7 @@
     var image = document.createElement("img");
     image.src = link.getAttribute("href");
     image.alt = figure.querySelector("img").alt;
+    image.draggable = false;
     canvas.appendChild(image);
     var boxes = figure.querySelector("svg.boxes");
     if (boxes) {
@@ -152,8 +163,58 @@
     box.addEventListener("wheel", function (event) {
       if (!event.ctrlKey) return;
       event.preventDefault();
-      setZoom(zoom.scale * (event.deltaY < 0 ? 1.1 : 1 / 1.1));
+      setZoom(zoom.scale * (event.deltaY < 0 ? 1.1 : 1 / 1.1), event.clientX, event.clientY);
     }, { passive: false });
+    // A double click or double tap zooms in twice as far, or back to the whole page.
+    var stage = box.querySelector("[data-zoom-stage]");
+    stage.addEventListener("dblclick", function (event) {
+      setZoom(zoom.scale > 1 ? 1 : 2, event.clientX, event.clientY);
+    });
+    // Two fingers pinch; one finger (or the mouse) drags the enlarged page.
+    var pointers = {};
+    var pinch = null;
+    var drag = null;
+    function spread() {
+      var points = Object.keys(pointers).map(function (key) { return pointers[key]; });
+      return {
+        distance: Math.hypot(points[0].x - points[1].x, points[0].y - points[1].y) || 1,
+        x: (points[0].x + points[1].x) / 2,
+        y: (points[0].y + points[1].y) / 2,
+      };
+    }
+    stage.addEventListener("pointerdown", function (event) {
+      pointers[event.pointerId] = { x: event.clientX, y: event.clientY };
+      var count = Object.keys(pointers).length;
+      if (count === 2) {
+        pinch = { start: spread().distance, scale: zoom.scale };
+        drag = null;
+      } else if (count === 1 && event.button === 0) {
+        drag = { x: event.clientX, y: event.clientY, left: stage.scrollLeft, top: stage.scrollTop };
+        stage.setPointerCapture(event.pointerId);
+      }
+    });
+    stage.addEventListener("pointermove", function (event) {
+      if (!pointers[event.pointerId]) return;
+      pointers[event.pointerId] = { x: event.clientX, y: event.clientY };
+      if (pinch && Object.keys(pointers).length === 2) {
+        var now = spread();
+        setZoom(pinch.scale * now.distance / pinch.start, now.x, now.y);
+      } else if (drag) {
+        stage.scrollLeft = drag.left - (event.clientX - drag.x);
+        stage.scrollTop = drag.top - (event.clientY - drag.y);
+        stage.classList.add("is-dragging");
+      }
+    });
+    function lift(event) {
+      delete pointers[event.pointerId];
+      if (Object.keys(pointers).length < 2) pinch = null;
+      if (!Object.keys(pointers).length) {
+        drag = null;
+        stage.classList.remove("is-dragging");
+      }
+    }
+    stage.addEventListener("pointerup", lift);
+    stage.addEventListener("pointercancel", lift);
     box.addEventListener("close", function () {
       box.querySelector("[data-zoom-canvas]").textContent = "";
       if (zoom.opener && document.contains(zoom.opener)) zoom.opener.focus();
