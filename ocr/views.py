@@ -291,8 +291,8 @@ def _last_event_id(request: HttpRequest) -> int | None:
 async def job_cancel(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     job = await _aowned_job(request, job_id)
     if not job.is_finished:
+        # No flash message: the job's header says "Cancelling the job…" while it stops, and goes on to say it ended.
         await cancel_job(job)
-        await sync_to_async(messages.info)(request, _("Cancelling the job…"))
     return redirect("ocr:job", job_id=job.pk)
 
 

@@ -236,9 +236,25 @@
 
   function markCurrent() {
     document.querySelectorAll("[data-page-link]").forEach(function (link) {
-      if (link.dataset.pageLink === current) link.setAttribute("aria-current", "true");
-      else link.removeAttribute("aria-current");
+      if (link.dataset.pageLink === current) {
+        link.setAttribute("aria-current", "true");
+        keepInView(link);
+      } else {
+        link.removeAttribute("aria-current");
+      }
     });
+  }
+
+  // Scrolls the list itself (never the window) so that the current entry shows.
+  function keepInView(link) {
+    var strip = link.closest(".strip");
+    if (!strip) return;
+    var outer = strip.getBoundingClientRect();
+    var inner = link.getBoundingClientRect();
+    if (inner.left < outer.left) strip.scrollLeft -= outer.left - inner.left + 8;
+    else if (inner.right > outer.right) strip.scrollLeft += inner.right - outer.right + 8;
+    if (inner.top < outer.top) strip.scrollTop -= outer.top - inner.top + 8;
+    else if (inner.bottom > outer.bottom) strip.scrollTop += inner.bottom - outer.bottom + 8;
   }
 
   function initStrip() {
