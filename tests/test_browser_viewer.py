@@ -232,6 +232,10 @@ def test_hovering_or_focusing_a_box_highlights_its_text_and_the_reverse(page, se
     expect(box).to_have_class(re.compile(r"\bis-linked\b"))
     shot(page, setup, "07-text-focused")
 
+    box.click()  # shows the box's text: focused, so highlighted, and scrolled into view
+    expect(text).to_be_focused()
+    expect(text).to_be_in_viewport()
+
     boxes.first.focus()
     first_block = boxes.first.get_attribute("data-block")
     expect(pane.locator(f'.block[data-block="{first_block}"]')).to_have_class(re.compile(r"\bis-linked\b"))

@@ -55,8 +55,12 @@
       return item.classList.contains("box") !== element.classList.contains("box");
     })[0];
     if (!other) return;
-    other.scrollIntoView({ block: "nearest", behavior: "smooth" });
-    if (other.classList.contains("block")) other.focus({ preventScroll: true });
+    var isBox = other.classList.contains("box");
+    // On a narrow screen the image is above the text: a tap on the text only highlights, it does not jump away.
+    if (!(isBox && window.matchMedia("(width < 900px)").matches)) {
+      other.scrollIntoView({ block: "nearest", behavior: "smooth" });
+    }
+    if (!isBox) other.focus({ preventScroll: true });
   }
 
   document.addEventListener("click", function (event) {
