@@ -369,3 +369,37 @@ def test_the_embedded_engines_line_boxes_are_linked_to_their_text_too(chromium, 
         assert linked.count() >= 1
     finally:
         context.close()
+
+
+def test_without_javascript_the_page_list_and_image_links_still_work(chromium, server, fake):
+    setup = ("en", 1280, 900)
+    fake.set_default(tokens=30, token_delay=0.002)
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB", java_script_enabled=False)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(f"{server.url}/accounts/login/")
+        page.get_by_label("Username").fill("vera")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(f"{server.url}/")
+        page.locator("input[type=file]").set_input_files(
+            {"name": "plain.pdf", "mimeType": "application/pdf", "buffer": make_numbered_pdf(3)}
+        )
+        page.locator("form.upload button[type=submit]").click()
+        page.wait_for_url(re.compile(r".*/jobs/[0-9a-f-]{36}/$"))
+        job_url = page.url
+        wait_done(page)  # the page refreshes itself while the job runs (a <noscript> refresh)
+
+        assert page.locator("button[data-copy-url]").first.is_hidden()  # Copy needs JavaScript
+        assert page.locator("#page-2 a[download][href$='/pages/2.md']").is_visible()
+        page.locator("#page-link-3 a").click()
+        expect(page).to_have_url(job_url + "#page-3")
+        expect(page.locator("#page-3 h2")).to_be_in_viewport()
+        shot(page, setup, "15-without-javascript")
+        image = page.locator("#page-1 a[data-zoom]")
+        assert image.get_attribute("href").endswith("/pages/1/image")
+        image.click()
+        page.wait_for_url(re.compile(r".*/pages/1/image$"))  # the image itself, at its own size
+    finally:
+        context.close()
