@@ -8,6 +8,10 @@ load remote URLs named by the document), and only http(s)/mailto links.
 DeepSeek-OCR's grounding output (``<|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2], ...]<|/det|>``, coordinates
 normalised to 0–999) is parsed with a strict pattern and ``ast.literal_eval``; the markup is removed from the
 Markdown view and the boxes are drawn over the page image.
+
+The HTML comes in segments that the viewer links to the boxes (``Segment.block`` = ``Overlay.block``): one per
+grounded block, or, for the embedded engine's line boxes, one per top-level Markdown block, each line box pointing at
+the block its text is found in. The downloads use the whole Markdown, never the segments.
 """
 
 from __future__ import annotations

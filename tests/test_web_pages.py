@@ -574,3 +574,16 @@ def test_the_progress_bar_names_the_page_being_read_and_estimates_the_time_left(
     assert "1 of 4 pages finished" in content and "Reading page 2" in content
     left = re.search(r"about (\d+) s left|about (\d+) min", content)
     assert left is not None, "three pages at the pace of the first: about a minute"
+
+
+def test_the_page_list_shows_each_pages_own_ending(alice, alice_client):
+    job = make_job(alice, status="partial", kind="pdf", pages=0, detached=True)
+    OcrJob.objects.filter(pk=job.pk).update(page_count=3)
+    OcrPage.objects.create(job=job, number=1, status="done", text="read")
+    OcrPage.objects.create(job=job, number=2, status="truncated", text="cut", error_code="engine_cut_off")
+    OcrPage.objects.create(job=job, number=3, status="failed", error_code="engine_timeout")
+
+    content = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+
+    links = re.findall(r'<li id="page-link-(\d)".*?data-page-status="(\w+)">([^<]+)<', content, re.DOTALL)
+    assert links == [("1", "done", "Done"), ("2", "truncated", "Cut off"), ("3", "failed", "Failed")]
