@@ -165,6 +165,18 @@ def test_the_page_image_opens_enlarged_and_zooms_with_buttons_and_keys(page, ser
     expect(dialog).to_have_attribute("data-scale", "0.5")
     expect(dialog.locator('[data-zoom-step="out"]')).to_be_disabled()
 
+    title = dialog.locator("#zoom-title")
+    title_one = title.text_content()
+    expect(dialog.locator('[data-zoom-turn="-1"]')).to_be_disabled()  # page 1 of 2
+    page.keyboard.press("PageDown")
+    expect(title).not_to_have_text(title_one)
+    expect(dialog.locator("[data-zoom-canvas] img")).to_have_attribute("src", re.compile(r"/pages/2/image$"))
+    expect(dialog).to_have_attribute("data-scale", "0.5")  # the zoom stays while the pages turn
+    expect(dialog.locator('[data-zoom-turn="1"]')).to_be_disabled()
+    dialog.locator('[data-zoom-turn="-1"]').click()
+    expect(dialog.locator("[data-zoom-canvas] img")).to_have_attribute("src", re.compile(r"/pages/1/image$"))
+    expect(title).to_have_text(title_one)
+
     stage = dialog.locator("[data-zoom-stage]")
     stage.dblclick()
     expect(dialog).to_have_attribute("data-scale", "2")

@@ -93,8 +93,14 @@
     canvas.style.width = Math.round(fitWidth * zoom.scale) + "px";
     box.querySelector("[data-zoom-level]").textContent = Math.round(zoom.scale * 100) + "%";
     box.dataset.scale = String(zoom.scale);
-    box.querySelector('[data-zoom-step="out"]').disabled = zoom.scale <= ZOOM_MIN;
-    box.querySelector('[data-zoom-step="in"]').disabled = zoom.scale >= ZOOM_MAX;
+    disable(box.querySelector('[data-zoom-step="out"]'), zoom.scale <= ZOOM_MIN);
+    disable(box.querySelector('[data-zoom-step="in"]'), zoom.scale >= ZOOM_MAX);
+  }
+
+  // A focused button that is disabled hands the focus to the image, so that the keys keep working.
+  function disable(button, disabled) {
+    if (disabled && document.activeElement === button) dialog().querySelector("[data-zoom-stage]").focus();
+    button.disabled = disabled;
   }
 
   // Zooms keep the point under (clientX, clientY), or the middle of the window, where it was.
@@ -118,6 +124,19 @@
     else setZoom(1);
   }
 
+  // The zoom link of the page ``offset`` pages after the one shown (before it, if negative), if there is one.
+  function turnedLink(offset) {
+    var article = zoom.opener && zoom.opener.closest("article.page[data-page]");
+    if (!article) return null;
+    var number = parseInt(article.dataset.page, 10) + offset;
+    return document.querySelector('article.page[data-page="' + number + '"] a[data-zoom]');
+  }
+
+  function turn(offset) {
+    var link = turnedLink(offset);
+    if (link) openZoom(link);
+  }
+
   function openZoom(link) {
     var box = dialog();
     if (!box || typeof box.showModal !== "function") return false;
@@ -137,10 +156,16 @@
       canvas.appendChild(copy);
     }
     box.querySelector(".zoom__title").textContent = link.dataset.zoomTitle || "";
+    var turning = box.open;
     zoom.opener = link;
-    zoom.scale = 1;
-    box.showModal();
-    box.querySelector("[data-zoom-stage]").focus();
+    if (!turning) {
+      zoom.scale = 1; // a page turned to keeps the zoom of the one before
+      box.showModal();
+    }
+    box.querySelector("[data-zoom-stage]").scrollTo(0, 0);
+    disable(box.querySelector('[data-zoom-turn="-1"]'), !turnedLink(-1));
+    disable(box.querySelector('[data-zoom-turn="1"]'), !turnedLink(1));
+    if (!turning || !box.contains(document.activeElement)) box.querySelector("[data-zoom-stage]").focus();
     if (image.complete) applyZoom(); else image.addEventListener("load", applyZoom, { once: true });
     applyZoom();
     return true;
@@ -152,14 +177,18 @@
     box.addEventListener("click", function (event) {
       var button = event.target.closest("button");
       if (button && button.dataset.zoomStep) step(button.dataset.zoomStep);
+      else if (button && button.dataset.zoomTurn) turn(parseInt(button.dataset.zoomTurn, 10));
       else if (button && button.hasAttribute("data-zoom-close")) box.close();
       else if (event.target === box) box.close(); // a click on the backdrop
     });
-    box.addEventListener("keydown", function (event) {
-      if (event.ctrlKey || event.metaKey || event.altKey) return;
+    // On the document: a button that becomes disabled (the last zoom step, the last page) drops the focus.
+    document.addEventListener("keydown", function (event) {
+      if (!box.open || event.ctrlKey || event.metaKey || event.altKey) return;
       if (event.key === "+" || event.key === "=") step("in");
       else if (event.key === "-" || event.key === "_") step("out");
       else if (event.key === "0") step("fit");
+      else if (event.key === "PageDown") turn(1);
+      else if (event.key === "PageUp") turn(-1);
       else return;
       event.preventDefault();
     });
