@@ -13,7 +13,7 @@ from django.utils.translation import gettext as _
 from ocr import docx_export, searchable_pdf, selectors
 from ocr.errors import OcrError
 from ocr.events import ErrorCode
-from ocr.models import OcrJob
+from ocr.models import OcrJob, OcrPage
 from ocr.rendering import render_page
 
 FORMATS = ("md", "txt", "json", "pdf", "docx")
@@ -78,6 +78,18 @@ def export_job(job: OcrJob, fmt: str) -> Export:
         body = _joined(job, [(page.number, page_render.plain) for page, page_render in rendered], markdown=False)
         content_type = "text/plain; charset=utf-8"
     return Export(body=body, content_type=content_type, file_name=download_name(job.file_name, fmt))
+
+
+def export_page(job: OcrJob, page: OcrPage) -> Export | None:
+    """One page's Markdown, as in the job's ``.md`` without the page markers; ``None`` when it has no text."""
+    markdown = render_page(page.text, page.layout).markdown
+    if not markdown:
+        return None
+    return Export(
+        body=markdown + "\n",
+        content_type="text/markdown; charset=utf-8",
+        file_name=download_name(job.file_name, f"page-{page.number}.md"),
+    )
 
 
 def _searchable_pdf(job: OcrJob, pages: list) -> bytes:

@@ -1,9 +1,9 @@
 """The job page's pieces as HTML: the first render and every live update use the same templates.
 
 Live updates travel as one SSE event per batch whose data are htmx out-of-band fragments (``hx-swap-oob``): the
-text that arrived for a page is appended to its raw view, a finished page replaces its pane with the rendered
-result, and the header and usage panel are replaced when they change. Replacing is idempotent, so a reconnecting
-browser can be sent the stored state again without duplicating anything.
+text that arrived for a page is appended to its raw view, a page that starts or ends replaces its pane and its
+entry in the page list, and the header, the progress bar and the usage panel are replaced when they change.
+Replacing is idempotent, so a reconnecting browser can be sent the stored state again without duplicating anything.
 """
 
 from __future__ import annotations
@@ -20,9 +20,53 @@ from django.utils.translation import gettext as _
 from ocr.error_texts import error_text
 from ocr.live import Batch, Snapshot, Update
 from ocr.models import JobStatus, OcrJob, OcrPage, PageStatus
-from ocr.rendering import Overlay, RenderedPage, render_page
+from ocr.rendering import Overlay, RenderedPage, Segment, render_page
 
 JOB_TEMPLATE = "ocr/job_detail.html"
+
+
+def block_label(label: str) -> str:
+    """The name of a kind of block (the engine's label) in the user's language; an unknown label as it is."""
+    known = {
+        "title": _("Title"),
+        "sub_title": _("Subtitle"),
+        "text": _("Text"),
+        "table": _("Table"),
+        "image": _("Image"),
+        "figure": _("Figure"),
+        "equation": _("Equation"),
+        "caption": _("Caption"),
+        "line": _("Line"),
+    }
+    return str(known.get(label, label))
+
+
+def duration_text(milliseconds: int) -> str:
+    """``42 s`` or ``3 min 05 s``: how long something took or will take."""
+    seconds = max(0, round(milliseconds / 1000))
+    if seconds < 60:
+        return _("%(seconds)s s") % {"seconds": seconds}
+    return _("%(minutes)s min %(seconds)02d s") % {"minutes": seconds // 60, "seconds": seconds % 60}
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentView:
+    """A piece of a page's text as the viewer shows it: linked to its boxes by ``block``, named by ``label``."""
+
+    segment: Segment
+    label: str
+
+    @property
+    def html(self) -> str:
+        return self.segment.html
+
+    @property
+    def block(self) -> int | None:
+        return self.segment.block
+
+    @property
+    def css_label(self) -> str:
+        return self.segment.css_label
 
 
 @dataclass(slots=True)
@@ -45,20 +89,43 @@ class PageView:
         return self.rendered.overlays if self.rendered else ()
 
     @property
+    def segments(self) -> list[SegmentView]:
+        if not self.rendered:
+            return []
+        return [
+            SegmentView(segment, block_label(segment.label) if segment.block is not None else "")
+            for segment in self.rendered.segments
+        ]
+
+    @property
+    def has_text(self) -> bool:
+        """Whether there is finished text to copy or download."""
+        return bool(self.rendered and self.rendered.markdown)
+
+    @property
     def is_running(self) -> bool:
         return self.status == PageStatus.RUNNING
 
     #: The job ended before this page was read (cancelled, failed or interrupted): it never will be.
     unread: bool = False
+    #: The status of the page's job: the pages of a cancelled job that were never read are cancelled too.
+    job_status: str = ""
 
     @property
     def is_queued(self) -> bool:
         return not self.status and not self.unread
 
     @property
+    def css_status(self) -> str:
+        """The page's status for the eye: ``queued`` before it starts, ``cancelled`` when it never will."""
+        if self.unread:
+            return PageStatus.CANCELLED
+        return self.status or "queued"
+
+    @property
     def status_label(self) -> str:
         if self.unread:
-            return str(_("Not read"))
+            return str(PageStatus.CANCELLED.label if self.job_status == JobStatus.CANCELLED else _("Not read"))
         if not self.status:
             return str(_("Queued"))
         return str(PageStatus(self.status).label)
@@ -89,6 +156,56 @@ def page_view(page: OcrPage, job: OcrJob) -> PageView:
         duration_ms=page.duration_ms,
         source=page.source,
         unread=not page.status and job.is_finished,
+        job_status=job.status,
+    )
+
+
+@dataclass(slots=True)
+class ProgressView:
+    """The progress bar: how many of the job's pages have ended, which are being read, and, once a page has
+    ended, an estimate of the time left from the pace so far (pages run in parallel, so the pace is the job's,
+    not one page's)."""
+
+    pages: int
+    ended: int
+    reading: list[int]
+    elapsed_ms: int
+    running: bool
+    started_at: datetime
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.ended / self.pages) if self.pages else 0
+
+    @property
+    def elapsed(self) -> str:
+        return duration_text(self.elapsed_ms)
+
+    @property
+    def remaining_ms(self) -> int | None:
+        left = self.pages - self.ended
+        if not self.running or not self.ended or left <= 0:
+            return None
+        return self.elapsed_ms * left // self.ended
+
+    @property
+    def remaining(self) -> str:
+        remaining = self.remaining_ms
+        return duration_text(remaining) if remaining is not None else ""
+
+
+def progress_view(job: OcrJob, pages: list[OcrPage]) -> ProgressView:
+    ended = sum(1 for page in pages if page.status in PageStatus.final())
+    running = not job.is_finished
+    started = job.claimed_at or job.created_at
+    elapsed_ms = int((timezone.now() - started).total_seconds() * 1000) if running else job.duration_ms or 0
+    return ProgressView(
+        pages=max(job.page_count, len(pages)),
+        ended=ended,
+        reading=sorted(page.number for page in pages if page.status == PageStatus.RUNNING) if running else [],
+        elapsed_ms=max(0, elapsed_ms),
+        running=running,
+        started_at=started,
     )
 
 
@@ -158,10 +275,11 @@ def oob(html: str) -> str:
 class LiveRenderer:
     """Turns a feed's updates into SSE events for one client, remembering what it needs for the usage panel."""
 
-    def __init__(self, *, job: OcrJob, csrf_token: str) -> None:
+    def __init__(self, *, job: OcrJob, csrf_token: str, pages: list[OcrPage] | None = None) -> None:
         self.job = job
         self.csrf_token = csrf_token
-        self.pages: dict[int, OcrPage] = {}
+        # The stored pages the client shows already: the progress bar counts them too.
+        self.pages: dict[int, OcrPage] = {page.number: page for page in pages or () if page.status}
         self.live_chars: dict[int, int] = {}
 
     def _context(self, **extra: Any) -> dict[str, Any]:
@@ -176,11 +294,11 @@ class LiveRenderer:
         self.job = snapshot.job
         self.pages = {page.number: page for page in snapshot.pages}
         self.live_chars = {}
-        parts = [oob(render_part("header", self._context())), self._usage()]
+        parts = [oob(render_part("header", self._context(has_text=self._has_text()))), *self._progress()]
         numbers = range(1, max(self.job.page_count, max(self.pages, default=0)) + 1)
         for number in numbers:
             page = self.pages.get(number) or OcrPage(job=self.job, number=number, status="")
-            parts.append(oob(render_part("page", self._context(page=page_view(page, self.job)))))
+            parts.extend(self._page(page))
         return "\n".join(parts)
 
     def _batch(self, batch: Batch) -> str:
@@ -192,13 +310,13 @@ class LiveRenderer:
             if kind == "start" and self.job.status == JobStatus.QUEUED:
                 # A runner took the queued job: the header says it runs now.
                 self.job.status = JobStatus.RUNNING
-                parts.append(oob(render_part("header", self._context())))
+                parts.append(oob(render_part("header", self._context(has_text=self._has_text()))))
             elif kind == "page_start":
                 number = event["page"]
                 page = OcrPage(job=self.job, number=number, status=PageStatus.RUNNING)
                 self.pages[number] = page
                 self.live_chars[number] = 0
-                parts.append(oob(render_part("page", self._context(page=page_view(page, self.job)))))
+                parts.extend(self._page(page))
             elif kind == "page_delta":
                 number = event["page"]
                 if event.get("reset"):
@@ -215,10 +333,25 @@ class LiveRenderer:
         for number, page in batch.ended_pages.items():
             self.pages[number] = page
             self.live_chars.pop(number, None)
-            parts.append(oob(render_part("page", self._context(page=page_view(page, self.job)))))
-        if deltas or batch.ended_pages or any(event["type"] == "page_start" for event in batch.events):
+            parts.extend(self._page(page))
+        if batch.ended_pages or any(event["type"] == "page_start" for event in batch.events):
+            parts.extend(self._progress())
+        elif deltas:
             parts.append(self._usage())
         return "\n".join(parts)
+
+    def _page(self, page: OcrPage) -> list[str]:
+        """A page's pane and its entry in the page list."""
+        context = self._context(page=page_view(page, self.job))
+        return [oob(render_part("page", context)), oob(render_part("page_link", context))]
+
+    def _has_text(self) -> bool:
+        return any(page.text for page in self.pages.values())
+
+    def _progress(self) -> list[str]:
+        """The progress bar and the usage panel, which change together."""
+        progress = progress_view(self.job, list(self.pages.values()))
+        return [oob(render_part("progress", self._context(progress=progress))), self._usage()]
 
     def _usage(self) -> str:
         usage = usage_view(self.job, list(self.pages.values()), live_chars=self.live_chars)

@@ -8,13 +8,17 @@ load remote URLs named by the document), and only http(s)/mailto links.
 DeepSeek-OCR's grounding output (``<|ref|>label<|/ref|><|det|>[[x1, y1, x2, y2], ...]<|/det|>``, coordinates
 normalised to 0–999) is parsed with a strict pattern and ``ast.literal_eval``; the markup is removed from the
 Markdown view and the boxes are drawn over the page image.
+
+The HTML comes in segments that the viewer links to the boxes (``Segment.block`` = ``Overlay.block``): one per
+grounded block, or, for the embedded engine's line boxes, one per top-level Markdown block, each line box pointing at
+the block its text is found in. The downloads use the whole Markdown, never the segments.
 """
 
 from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import nh3
@@ -76,6 +80,8 @@ class Overlay:
     label: str
     box: Box
     text: str = ""
+    #: The index of the text segment this box belongs to (``Segment.block``), when it is known.
+    block: int | None = None
 
     @property
     def css_label(self) -> str:
@@ -99,11 +105,28 @@ class Overlay:
 
 
 @dataclass(frozen=True, slots=True)
+class Segment:
+    """A piece of a page's HTML that some boxes point at (``block``, shared with their ``Overlay.block``), or,
+    with ``block`` ``None``, text no box covers. ``label`` is the engine's (or, for the embedded engine's line
+    boxes, the Markdown's: ``title``, ``table``) kind of block."""
+
+    html: str
+    block: int | None = None
+    label: str = ""
+
+    @property
+    def css_label(self) -> str:
+        return self.label if self.label in KNOWN_LABELS else "other"
+
+
+@dataclass(frozen=True, slots=True)
 class RenderedPage:
     html: str
     markdown: str
     blocks: tuple[Block, ...] = field(default_factory=tuple)
     overlays: tuple[Overlay, ...] = field(default_factory=tuple)
+    #: The HTML in pieces that the viewer links to the boxes; joined, they are ``html``.
+    segments: tuple[Segment, ...] = field(default_factory=tuple)
 
     @property
     def plain(self) -> str:
@@ -294,10 +317,78 @@ def _math_html(latex: str, *, display: bool) -> str:
 
 
 def render_page(text: str, layout: object = None) -> RenderedPage:
-    """Everything the page view needs from one page's stored text and layout."""
+    """Everything the page view needs from one page's stored text and layout.
+
+    The HTML is rendered in segments so that the viewer can link each box to its text: one per grounded block
+    (DeepSeek-OCR), or one per top-level Markdown block that the embedded engine's line boxes are found in.
+    """
     blocks = parse_grounding(text)
     markdown = strip_grounding(text)
-    overlays = [Overlay(label=block.label, box=box, text=block.text[:500]) for block in blocks for box in block.boxes]
-    if not overlays:
-        overlays = list(layout_overlays(layout))
-    return RenderedPage(html=render_markdown(markdown), markdown=markdown, blocks=blocks, overlays=tuple(overlays))
+    if blocks:
+        overlays = tuple(
+            Overlay(label=block.label, box=box, text=block.text[:500], block=index)
+            for index, block in enumerate(blocks)
+            for box in block.boxes
+        )
+        segments = _grounded_segments(text, blocks)
+    else:
+        overlays = layout_overlays(layout)
+        if overlays:
+            segments, overlays = _layout_segments(markdown, overlays)
+        else:
+            segments = (Segment(html=render_markdown(markdown)),) if markdown else ()
+    return RenderedPage(
+        html="".join(segment.html for segment in segments),
+        markdown=markdown,
+        blocks=blocks,
+        overlays=overlays,
+        segments=segments,
+    )
+
+
+def _grounded_segments(text: str, blocks: tuple[Block, ...]) -> tuple[Segment, ...]:
+    first = GROUNDING.search(text)
+    preamble = SPECIAL_TOKENS.sub("", text[: first.start()]).strip() if first else ""
+    segments = [Segment(html=render_markdown(preamble))] if preamble else []
+    segments.extend(
+        Segment(html=render_markdown(block.text), block=index, label=block.label)
+        for index, block in enumerate(blocks)
+        if block.text
+    )
+    return tuple(segments)
+
+
+_BLANKS = re.compile(r"\s+")
+
+
+def _layout_segments(markdown: str, overlays: tuple[Overlay, ...]) -> tuple[tuple[Segment, ...], tuple[Overlay, ...]]:
+    """The Markdown's top-level blocks as segments, and each line box linked to the block holding its text
+    (searched in reading order, from the block the previous line was found in)."""
+    lines = markdown.split("\n")
+    chunks: list[tuple[str, str]] = []
+    for token in _markdown.parse(markdown):
+        if token.level != 0 or token.map is None or token.nesting == -1:
+            continue
+        start, end = token.map
+        kind = token.type
+        label = "title" if kind == "heading_open" else "table" if kind == "table_open" else "text"
+        if kind == "html_block" and "<table" in token.content.lower():
+            label = "table"
+        chunks.append(("\n".join(lines[start:end]), label))
+    if not chunks:
+        return (), overlays
+    haystacks = [_BLANKS.sub("", plain_text(chunk)) for chunk, _label in chunks]
+    linked = []
+    current = 0
+    for overlay in overlays:
+        needle = _BLANKS.sub("", overlay.text)
+        order = [*range(current, len(chunks)), *range(current)]
+        found = next((index for index in order if needle and needle in haystacks[index]), None)
+        if found is not None:
+            current = found
+            overlay = replace(overlay, block=found)
+        linked.append(overlay)
+    segments = tuple(
+        Segment(html=render_markdown(chunk), block=index, label=label) for index, (chunk, label) in enumerate(chunks)
+    )
+    return segments, tuple(linked)

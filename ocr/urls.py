@@ -29,5 +29,6 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/retry", views.job_retry, name="job-retry"),
     path("jobs/<uuid:job_id>/result.<download_format:fmt>", views.job_download, name="job-download"),
     path("jobs/<uuid:job_id>/pages/<int:number>/image", views.page_image, name="page-image"),
+    path("jobs/<uuid:job_id>/pages/<int:number>.md", views.page_download, name="page-download"),
     path("usage/", views.usage, name="usage"),
 ]

@@ -42,9 +42,9 @@ from ocr import intake, selectors
 from ocr.config import ocr_config
 from ocr.error_texts import intake_message, limit_message
 from ocr.errors import OcrError
-from ocr.exports import ExportUnavailable, export_job
+from ocr.exports import ExportUnavailable, export_job, export_page
 from ocr.forms import EMBEDDED_CANNOT, PRESETS, UploadForm
-from ocr.fragments import LiveRenderer, page_view, usage_view
+from ocr.fragments import LiveRenderer, page_view, progress_view, usage_view
 from ocr.jobs import cancel_job, retry_failed_pages, submit_job
 from ocr.live import follow_job
 from ocr.models import JobSource, OcrJob
@@ -199,10 +199,13 @@ async def _aowned_job(request: HttpRequest, job_id: uuid.UUID) -> OcrJob:
 def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     job = _owned_job(request, job_id)
     pages = selectors.job_pages(job)
+    stored = [page for page in pages if page.pk]
     context = {
         "job": job,
         "pages": [page_view(page, job) for page in pages],
-        "usage": usage_view(job, [page for page in pages if page.pk]),
+        "usage": usage_view(job, stored),
+        "progress": progress_view(job, stored),
+        "has_text": any(page.text for page in stored),
         "live_since": job.live_seq,
     }
     return render(request, "ocr/job_detail.html", context)
@@ -214,7 +217,8 @@ async def job_events(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     """The job's live updates as Server-Sent Events (see ``ocr.live.follow_job``)."""
     job = await _aowned_job(request, job_id)
     since = _last_event_id(request)
-    renderer = LiveRenderer(job=job, csrf_token=get_token(request))
+    stored = [page async for page in job.pages.order_by("number")]
+    renderer = LiveRenderer(job=job, csrf_token=get_token(request), pages=stored)
     language = translation.get_language()
 
     async def stream():
@@ -252,8 +256,8 @@ def _last_event_id(request: HttpRequest) -> int | None:
 async def job_cancel(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     job = await _aowned_job(request, job_id)
     if not job.is_finished:
+        # No flash message: the job's header says "Cancelling the job…" while it stops, and goes on to say it ended.
         await cancel_job(job)
-        await sync_to_async(messages.info)(request, _("Cancelling the job…"))
     return redirect("ocr:job", job_id=job.pk)
 
 
@@ -293,6 +297,20 @@ def job_download(request: HttpRequest, job_id: uuid.UUID, fmt: str) -> HttpRespo
     except ExportUnavailable as error:
         messages.error(request, error.user_message)
         return redirect("ocr:job", job.pk)
+
+
+@require_GET
+@page_owner_required
+def page_download(request: HttpRequest, job_id: uuid.UUID, number: int) -> HttpResponse:
+    """One page's Markdown (the viewer's per-page Copy and Download); a page without text is a 404."""
+    job = _owned_job(request, job_id)
+    page = job.pages.filter(number=number).first()
+    if page is None:
+        raise Http404
+    export = export_page(job, page)
+    if export is None:
+        raise Http404
+    return export.response()
 
 
 @require_GET

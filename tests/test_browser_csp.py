@@ -26,6 +26,7 @@ NOT_PAGES = {
     "ocr:job-events",
     "ocr:job-download",
     "ocr:page-image",
+    "ocr:page-download",
     "ocr:job-new",
     "ocr:preview",
     "ocr:job-cancel",

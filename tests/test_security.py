@@ -251,6 +251,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "ocr:job-delete": Endpoint("POST", page_owned, lambda world: {"job_id": world.doomed_job.pk}),
     "ocr:job-download": Endpoint("GET", page_owned, lambda world: {"job_id": world.job.pk, "fmt": "md"}),
     "ocr:page-image": Endpoint("GET", page_owned, lambda world: {"job_id": world.job.pk, "number": 1}),
+    "ocr:page-download": Endpoint("GET", page_owned, lambda world: {"job_id": world.job.pk, "number": 1}),
     "ocr:usage": Endpoint("GET", page_user),
 }
 

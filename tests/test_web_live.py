@@ -319,3 +319,17 @@ async def test_a_job_cancelled_before_its_pipeline_started_is_closed_and_its_fol
     message = await layer.receive(follower)
     [end] = message["events"]
     assert (end["type"], end["status"], end["seq"]) == ("end", "cancelled", message["seq"])
+
+
+async def test_the_live_stream_updates_each_pages_entry_in_the_page_list_and_the_progress_bar(web, fake_vllm):
+    fake_vllm.set_default(text="Page text.", token_delay=0.005)
+    job_id = await start_job(web, make_numbered_pdf(3), name="three.pdf")
+
+    events = await read_events(web, job_id)
+
+    await wait_for_job(job_id)
+    html = "\n".join(event["data"] for event in events)
+    for number in (1, 2, 3):
+        assert f'<li id="page-link-{number}" class="strip__item" hx-swap-oob="true">' in html
+    assert '<section id="progress" class="progress"' in html and 'hx-swap-oob="true"' in html
+    assert 'value="3"' in html.rsplit('id="progress"', 1)[1].split("</section>", 1)[0], "the last one is full"

@@ -512,3 +512,78 @@ def test_pages_a_cancelled_job_never_read_say_so_instead_of_waiting_for_ever(ali
     assert "Waiting for its turn" not in content
     assert content.count("Not read: the job ended before this page.") == 1  # page 3
     assert "No text was found on this page." not in content, "a cancelled page is not an empty one"
+
+
+def test_one_pages_markdown_downloads_for_its_owner_only(alice, alice_client, bob_client):
+    job = make_job(alice, text=GROUNDED, kind="pdf", pages=2, file_name="report.pdf")
+    OcrPage.objects.filter(job=job, number=2).update(text="")
+
+    response = alice_client.get(f"/jobs/{job.pk}/pages/1.md")
+
+    assert response.status_code == 200 and response["Content-Type"] == "text/markdown; charset=utf-8"
+    assert response.content.decode() == "# Report\n\nBody <script>alert(1)</script>\n"
+    assert response["Content-Disposition"] == 'attachment; filename="report.page-1.md"'
+    assert alice_client.get(f"/jobs/{job.pk}/pages/2.md").status_code == 404, "a page without text"
+    assert alice_client.get(f"/jobs/{job.pk}/pages/3.md").status_code == 404
+    assert bob_client.get(f"/jobs/{job.pk}/pages/1.md").status_code == 404
+    content = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+    assert f'href="/jobs/{job.pk}/pages/1.md"' in content and f'href="/jobs/{job.pk}/pages/2.md"' not in content
+
+
+def test_a_cancelled_jobs_unfinished_pages_all_say_cancelled_in_the_page_list_too(alice, alice_client):
+    job = make_job(alice, status="cancelled", kind="pdf", pages=0, error_code="cancelled")
+    OcrJob.objects.filter(pk=job.pk).update(page_count=3)
+    OcrPage.objects.create(job=job, number=1, status="done", text="read")
+    OcrPage.objects.create(job=job, number=2, status="cancelled", text="")
+
+    content = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+
+    statuses = re.findall(r'data-page-status="(\w+)">([^<]+)<', content)
+    assert statuses == [("done", "Done"), ("cancelled", "Cancelled"), ("cancelled", "Cancelled")] * 2
+    assert "Not read<" not in content
+    assert "Cancelled before any text of this page was read." in content  # page 2
+    assert '<progress class="progress__bar" max="3" value="2"' in content
+
+
+def test_downloads_are_offered_only_when_there_is_text(alice, alice_client):
+    empty = make_job(alice, text="")
+    full = make_job(alice, text="Some text")
+
+    assert "/result.md" not in alice_client.get(f"/jobs/{empty.pk}/").content.decode()
+    assert "/result.md" in alice_client.get(f"/jobs/{full.pk}/").content.decode()
+
+
+def test_a_requested_cancel_says_so_until_the_job_ends(alice, alice_client):
+    job = make_job(alice, status="running", detached=True, cancel_requested_at=timezone.now())
+
+    content = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+
+    assert "Cancelling the job…" in content
+    assert f'action="/jobs/{job.pk}/cancel"' not in content, "nothing more to cancel"
+
+
+def test_the_progress_bar_names_the_page_being_read_and_estimates_the_time_left(alice, alice_client):
+    job = make_job(alice, status="running", kind="pdf", pages=0, detached=True)
+    OcrJob.objects.filter(pk=job.pk).update(page_count=4, created_at=timezone.now() - timedelta(seconds=20))
+    OcrPage.objects.create(job=job, number=1, status="done", text="one")
+    OcrPage.objects.create(job=job, number=2, status="running", text="tw")
+
+    content = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+
+    assert '<progress class="progress__bar" max="4" value="1"' in content
+    assert "1 of 4 pages finished" in content and "Reading page 2" in content
+    left = re.search(r"about (\d+) s left|about (\d+) min", content)
+    assert left is not None, "three pages at the pace of the first: about a minute"
+
+
+def test_the_page_list_shows_each_pages_own_ending(alice, alice_client):
+    job = make_job(alice, status="partial", kind="pdf", pages=0, detached=True)
+    OcrJob.objects.filter(pk=job.pk).update(page_count=3)
+    OcrPage.objects.create(job=job, number=1, status="done", text="read")
+    OcrPage.objects.create(job=job, number=2, status="truncated", text="cut", error_code="engine_cut_off")
+    OcrPage.objects.create(job=job, number=3, status="failed", error_code="engine_timeout")
+
+    content = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+
+    links = re.findall(r'<li id="page-link-(\d)".*?data-page-status="(\w+)">([^<]+)<', content, re.DOTALL)
+    assert links == [("1", "done", "Done"), ("2", "truncated", "Cut off"), ("3", "failed", "Failed")]

@@ -154,3 +154,40 @@ def test_unknown_labels_get_a_neutral_style():
     rendered = render_page('<|ref|>x" onload="y<|/ref|><|det|>[[1, 2, 3, 4]]<|/det|>')
 
     assert rendered.overlays[0].css_label == "other"
+
+
+def test_each_grounded_block_is_a_segment_its_boxes_point_at():
+    rendered = render_page(
+        "<|ref|>title<|/ref|><|det|>[[1, 2, 300, 40]]<|/det|>\n# Hello\n\n"
+        "<|ref|>text<|/ref|><|det|>[[1, 50, 300, 90], [1, 100, 300, 120]]<|/det|>\nSome *text*.\n\n"
+        "<|ref|>image<|/ref|><|det|>[[1, 130, 300, 400]]<|/det|>\n"
+    )
+
+    assert [(s.block, s.label, s.html) for s in rendered.segments] == [
+        (0, "title", "<h1>Hello</h1>\n"),
+        (1, "text", "<p>Some <em>text</em>.</p>\n"),
+    ]
+    assert [(o.label, o.block) for o in rendered.overlays] == [("title", 0), ("text", 1), ("text", 1), ("image", 2)]
+    assert rendered.html == "".join(segment.html for segment in rendered.segments)
+
+
+def test_the_embedded_engines_line_boxes_point_at_the_markdown_block_holding_their_text():
+    layout = [
+        {"label": "text", "text": "Annual Report", "box": [10, 10, 500, 40]},
+        {"label": "text", "text": "First line of", "box": [10, 60, 500, 80]},
+        {"label": "text", "text": "the paragraph.", "box": [10, 90, 500, 110]},
+        {"label": "text", "text": "B1", "box": [10, 130, 100, 150]},
+        {"label": "text", "text": "not on the page", "box": [10, 160, 100, 170]},
+    ]
+
+    rendered = render_page("# Annual Report\n\nFirst line of\nthe paragraph.\n\n| Shelf |\n|---|\n| B1 |\n", layout)
+
+    assert [(s.block, s.label) for s in rendered.segments] == [(0, "title"), (1, "text"), (2, "table")]
+    assert [o.block for o in rendered.overlays] == [0, 1, 1, 2, None]
+    assert "<table>" in rendered.segments[2].html
+
+
+def test_a_page_without_boxes_is_one_segment_linked_to_nothing():
+    rendered = render_page("# Title\n\nText.")
+
+    assert [(s.block, s.html) for s in rendered.segments] == [(None, "<h1>Title</h1>\n<p>Text.</p>\n")]
