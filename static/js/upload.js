@@ -32,8 +32,6 @@
     var text = form.querySelector("textarea[name=text]");
     var counter = form.querySelector("[data-counter]");
     var csrf = form.querySelector("input[name=csrfmiddlewaretoken]").value;
-    var maxBytes = parseInt(form.dataset.maxBytes || "0", 10);
-    var maxFiles = parseInt(form.dataset.maxFiles || "0", 10);
     var generation = 0;
     var queue = [];
     var running = 0;
@@ -132,6 +130,8 @@
     function choose(files) {
       generation += 1;
       queue = [];
+      var maxBytes = parseInt(form.dataset.maxBytes || "0", 10);
+      var maxFiles = parseInt(form.dataset.maxFiles || "0", 10);
       var stale = items().filter(function (item) { return !item.querySelector("input[type=checkbox]"); });
       discard(pendingIds(stale));
       stale.forEach(function (item) { item.remove(); });
