@@ -352,3 +352,22 @@ def test_dates_read_the_same_on_every_page(browse, server, fake):
     assert on_job_page == in_history == on_home
     machine = page.locator(".recent time").first.get_attribute("datetime")
     assert re.match(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\+00:00$", machine)
+
+
+def test_a_chosen_folder_brings_its_images_and_pdfs(browse, server, tmp_path):
+    folder = tmp_path / "scans"
+    (folder / "inner").mkdir(parents=True)
+    (folder / "one.png").write_bytes(PNG)
+    (folder / "inner" / "two.pdf").write_bytes(make_numbered_pdf(1))
+    (folder / "notes.txt").write_text("not a scan")
+    page = browse(1280)
+
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Choose a folder").click()
+    chooser.value.set_files(str(folder))
+
+    expect(ready_items(page)).to_have_count(2)
+    names = sorted(page.locator("#preview .upload-item__name").all_text_contents())
+    assert names == ["one.png", "two.pdf"]  # the text file is left out
+    expect(start_button(page)).to_be_enabled()
+    shot(page, "16-folder-chosen")

@@ -169,10 +169,51 @@
     ["dragleave", "drop"].forEach(function (name) {
       zone.addEventListener(name, function () { zone.classList.remove("is-dragging"); });
     });
+    function useFiles(files) {
+      var transfer = new DataTransfer();
+      files.forEach(function (file) { transfer.items.add(file); });
+      input.files = transfer.files;
+      input.dispatchEvent(new Event("change", { bubbles: true }));
+    }
+
+    // Only the images and PDFs of a folder: the rest of it is not what the user meant to read.
+    function readable(files) {
+      return files.filter(function (file) {
+        return /^image\//.test(file.type) || /\.(pdf|png|jpe?g|webp|gif|bmp|tiff?)$/i.test(file.name);
+      });
+    }
+
+    function filesUnder(entry) {
+      if (entry.isFile) {
+        return new Promise(function (resolve) { entry.file(function (file) { resolve([file]); }, function () { resolve([]); }); });
+      }
+      var reader = entry.createReader();
+      var children = [];
+      return new Promise(function (resolve) {
+        (function more() {
+          reader.readEntries(function (batch) {
+            if (batch.length) { children = children.concat(Array.prototype.slice.call(batch)); more(); return; }
+            Promise.all(children.map(filesUnder)).then(function (lists) { resolve([].concat.apply([], lists)); });
+          }, function () { resolve([]); });
+        })();
+      });
+    }
+
     zone.addEventListener("drop", function (event) {
       event.preventDefault();
-      if (!event.dataTransfer || !event.dataTransfer.files.length) return;
-      input.files = event.dataTransfer.files; // every dropped file, not only the last one
+      var transfer = event.dataTransfer;
+      if (!transfer || !transfer.files.length) return;
+      // A dropped folder: its files, read while the drop's items are still there.
+      var entries = Array.prototype.map.call(transfer.items || [], function (item) {
+        return item.webkitGetAsEntry ? item.webkitGetAsEntry() : null;
+      });
+      if (typeof DataTransfer === "function" && entries.some(function (entry) { return entry && entry.isDirectory; })) {
+        Promise.all(entries.filter(Boolean).map(filesUnder)).then(function (lists) {
+          useFiles(readable([].concat.apply([], lists)));
+        });
+        return;
+      }
+      input.files = transfer.files; // every dropped file, not only the last one
       input.dispatchEvent(new Event("change", { bubbles: true }));
     });
 
@@ -185,14 +226,7 @@
       folder.multiple = true;
       folderButton.hidden = false;
       folderButton.addEventListener("click", function () { folder.click(); });
-      folder.addEventListener("change", function () {
-        var files = new DataTransfer();
-        Array.prototype.forEach.call(folder.files, function (file) {
-          if (/^image\//.test(file.type) || /\.(pdf|png|jpe?g|webp|gif|bmp|tiff?)$/i.test(file.name)) files.items.add(file);
-        });
-        input.files = files.files;
-        input.dispatchEvent(new Event("change", { bubbles: true }));
-      });
+      folder.addEventListener("change", function () { useFiles(readable(Array.prototype.slice.call(folder.files))); });
     }
 
     list.addEventListener("change", update); // a kept file's box
