@@ -280,6 +280,9 @@ def test_run_again_with_another_preset_makes_a_new_job_without_uploading(browse,
     requests_before = fake.stats["requests"]
 
     page.get_by_text("Run again…").click()
+    expect(page.locator(".run-again__text")).to_be_hidden()  # only the presets that take a text show its field
+    page.get_by_label("What to read").select_option("custom")
+    expect(page.locator(".run-again__text")).to_be_visible()
     page.get_by_label("What to read").select_option("markdown")
     shot(page, "13-run-again-form")
     with page.expect_request(lambda request: request.url.endswith("/again")) as submitted:

@@ -314,3 +314,18 @@ async def test_the_job_page_offers_run_again_only_with_a_kept_upload(web, alice)
 
     assert f'action="/jobs/{kept.pk}/again"' in with_file
     assert "/again" not in without
+
+
+async def test_the_running_jobs_limit_applies_to_each_file_of_a_batch(web, alice, settings, fake_vllm):
+    settings.OCR_USER_MAX_RUNNING_JOBS = 1
+    fake_vllm.set_default(tokens=40, token_delay=0.02)  # the first job still runs when the second asks
+    files = [SimpleUploadedFile("first.png", PNG), SimpleUploadedFile("second.png", PNG)]
+
+    response = await web.post("/jobs/new", {"file": files, "preset": "default"})
+
+    assert response.status_code == 302
+    jobs = await wait_for_jobs(alice)
+    assert [job.file_name for job in jobs] == ["first.png"]
+    batch = (await web.get(response["Location"])).content.decode()
+    assert "“second.png” was not started: You have too many jobs running at once." in batch
+    assert "1 job started." in batch
