@@ -11,7 +11,7 @@ import base64
 import io
 import uuid
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -41,15 +41,16 @@ from PIL import Image
 from accounts.decorators import page_owner_required
 from accounts.limits import LimitExceeded
 from myocr import startup
-from ocr import intake, pending, selectors
+from myocr.http import ApiError
+from ocr import batches, intake, pending, selectors
 from ocr.config import ocr_config
 from ocr.errors import OcrError
 from ocr.exports import ExportUnavailable, export_job
 from ocr.forms import EMBEDDED_CANNOT, MAX_BATCH_FILES, PRESETS, JobOptionsForm, UploadForm
 from ocr.fragments import LiveRenderer, page_view, usage_view
-from ocr.jobs import cancel_job, retry_failed_pages, submit_job
+from ocr.jobs import cancel_job, retry_failed_pages
 from ocr.live import follow_job
-from ocr.models import JobSource, OcrJob, PendingUpload
+from ocr.models import OcrJob, PendingUpload
 from ocr.prompts import MAX_PROMPT_CHARS
 from ocr.services import JobNotFinished, job_delete
 from ocr.transports import sse_event
@@ -135,136 +136,73 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "ocr/home.html", _home_context(request, UploadForm()))
 
 
-class PendingGone(Exception):
-    """The form named a pending upload that is no longer there (expired, or used by another submission)."""
-
-
-@dataclass(slots=True)
-class Refusal:
-    file_name: str
-    message: str
-    status: int
-    headers: dict[str, str]
-
-
 @require_POST
 @page_owner_required
 async def job_new(request: HttpRequest) -> HttpResponse:
     """Start one job per file of the upload form (files sent now, or kept by the preview: ``ocr/pending.py``),
-    with the same prompt; then show the job's live page, or the batch's page for several.
+    with the same prompt (``ocr.batches``); then show the job's live page, or the batch's page for several.
 
     A form refused as a whole (its prompt, no file) keeps its files as pending uploads and says so. A file refused
-    on its own (the intake, a limit) is reported by name; the others start."""
+    on its own (the intake, a limit) is named; the others start."""
     post, files = await _parse_body(request)
     ids = pending.parse_ids(post.getlist("pending"))
     kept = await pending.pending_uploads_available(owner=request.owner, ids=ids)
     form = UploadForm(post, files, kept=kept, asked_for=len(ids))
     if not await sync_to_async(form.is_valid)():
-        kept += await _keep_files(request, form, files.getlist("file"), room=MAX_BATCH_FILES - len(kept))
+        kept += await _keep_files(request, form, files.getlist("file")[: max(MAX_BATCH_FILES - len(kept), 0)])
         return await _upload_refused(request, form, kept=kept)
-    chosen: list[PendingUpload | UploadedFile] = [*kept, *form.cleaned_data["file"]]
-    started: list[OcrJob] = []
-    refused: list[Refusal] = []
-    still_kept: list[PendingUpload] = []
-    for source in chosen:
-        name = source.file_name if isinstance(source, PendingUpload) else intake.clean_file_name(source.name)
-        try:
-            started.append(await _start_job(request, form, source))
-        except PendingGone:
-            refused.append(Refusal(name, _("the file is no longer kept on the server: choose it again."), 400, {}))
-        except LimitExceeded as error:
-            refused.append(Refusal(name, limit_message(error), error.status, dict(error.headers)))
-            if isinstance(source, PendingUpload):
-                still_kept.append(source)
-            else:
-                still_kept += await _keep_files(request, None, [source], room=1)
-        except OcrError as error:
-            refused.append(Refusal(name, intake_message(error), error.status, {}))
-    if not started:
-        for refusal in refused:
-            form.add_error("file", _refusal_text(refusal))
-        response = await _upload_refused(request, form, kept=still_kept, status=refused[0].status)
-        for header, value in refused[0].headers.items():
-            response[header] = value
-        return response
-    if len(started) == 1 and not refused:
-        return redirect("ocr:job", job_id=started[0].pk, permanent=False)
-    for refusal in refused:
-        await sync_to_async(messages.error)(request, _refusal_text(refusal))
-    count = len(started)
-    await sync_to_async(messages.success)(
-        request, ngettext("%(count)s job started.", "%(count)s jobs started.", count) % {"count": count}
-    )
-    return redirect(f"{reverse('ocr:job-batch')}?jobs={','.join(str(job.pk) for job in started)}")
-
-
-def _refusal_text(refusal: Refusal) -> str:
-    return _("“%(name)s” was not started: %(reason)s") % {"name": refusal.file_name, "reason": refusal.message}
-
-
-async def _start_job(request: HttpRequest, form: JobOptionsForm, source: PendingUpload | UploadedFile) -> OcrJob:
-    """One job from one file of the form: a pending upload is taken for it (once), and given back if the job is
-    refused, so that the form can offer it again."""
-    if not isinstance(source, PendingUpload):
-        data = await sync_to_async(source.read, thread_sensitive=False)()
-        return await _submit(request, form, data=data, file_name=intake.clean_file_name(source.name))
-    claimed = await pending.pending_upload_claim(owner=request.owner, pending_id=source.pk)
-    if claimed is None:
-        raise PendingGone
-    try:
-        data = await pending.pending_upload_read(claimed)
-        job = await _submit(request, form, data=data, file_name=claimed.file_name)
-    except OSError:
-        await pending.pending_upload_release(claimed)
-        raise PendingGone from None
-    except BaseException:
-        await pending.pending_upload_release(claimed)
-        raise
-    await pending.pending_upload_consume(claimed)
-    return job
-
-
-async def _submit(request: HttpRequest, form: JobOptionsForm, *, data: bytes, file_name: str) -> OcrJob:
-    kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
-    return await submit_job(
+    outcome = await batches.batch_submit(
         owner=request.owner,
-        upload=intake.Upload(data=data, file_name=file_name),
-        kind=kind,
-        source=JobSource.WEB,
+        files=[*kept, *form.cleaned_data["file"]],
         prompt=form.cleaned_data["prompt"],
         text_layer=form.cleaned_data.get("text_layer") or "",
     )
+    if not outcome.started:
+        for refused in outcome.refused:
+            form.add_error("file", _refusal_text(refused))
+        first = outcome.refused[0].error
+        response = await _upload_refused(request, form, kept=outcome.kept, status=first.status)
+        for header, value in first.headers.items():
+            response[header] = value
+        return response
+    if len(outcome.started) == 1 and not outcome.refused:
+        return redirect("ocr:job", job_id=outcome.started[0].pk, permanent=False)
+    for refused in outcome.refused:
+        await sync_to_async(messages.error)(request, _refusal_text(refused))
+    count = len(outcome.started)
+    await sync_to_async(messages.success)(
+        request, ngettext("%(count)s job started.", "%(count)s jobs started.", count) % {"count": count}
+    )
+    return redirect(f"{reverse('ocr:job-batch')}?jobs={','.join(str(job.pk) for job in outcome.started)}")
 
 
-async def _keep_files(
-    request: HttpRequest, form: UploadForm | None, uploaded: list[UploadedFile], *, room: int
-) -> list[PendingUpload]:
-    """Keep the files of a refused form as pending uploads, so that it need not be chosen again; a file the
+def _refusal_text(refused: batches.Refused) -> str:
+    return _("“%(name)s” was not started: %(reason)s") % {
+        "name": refused.file_name,
+        "reason": _refusal_reason(refused.error),
+    }
+
+
+def _refusal_reason(error: ApiError) -> str:
+    if isinstance(error, batches.PendingGone):
+        return _("the file is no longer kept on the server: choose it again.")
+    if isinstance(error, LimitExceeded):
+        return limit_message(error)
+    return intake_message(error)
+
+
+async def _keep_files(request: HttpRequest, form: UploadForm, uploaded: list[UploadedFile]) -> list[PendingUpload]:
+    """Keep the files of a refused form as pending uploads, so that they need not be chosen again; a file the
     intake refuses is named in the form's errors instead."""
     kept: list[PendingUpload] = []
-    for file in uploaded[: max(room, 0)]:
+    for file in uploaded:
         name = intake.clean_file_name(file.name)
-        file.seek(0)
-        data = await sync_to_async(file.read, thread_sensitive=False)()
         try:
-            kept.append(await _check_and_keep(request, data=data, file_name=name))
+            data = await batches.read_file(file)
+            kept.append(await batches.keep_upload(owner=request.owner, data=data, file_name=name))
         except OcrError as error:
-            if form is not None:
-                form.add_error("file", _refusal_text(Refusal(name, intake_message(error), error.status, {})))
+            form.add_error("file", _refusal_text(batches.Refused(name, error)))
     return kept
-
-
-async def _check_and_keep(request: HttpRequest, *, data: bytes, file_name: str) -> PendingUpload:
-    """Check ``data`` with the intake and keep it as the owner's pending upload. Raises ``OcrError``."""
-    kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
-    document = await intake.open_upload(
-        intake.Upload(data=data, file_name=file_name), expected_kind=kind, config=ocr_config()
-    )
-    page_count = document.page_count
-    await document.aclose()
-    return await pending.pending_upload_create(
-        owner=request.owner, data=data, file_name=file_name, kind=kind, page_count=page_count
-    )
 
 
 async def _parse_body(request: HttpRequest) -> tuple[Any, Any]:
@@ -299,7 +237,7 @@ async def _preview_item(request: HttpRequest, uploaded: UploadedFile) -> dict[st
     name = intake.clean_file_name(uploaded.name)
     data = await sync_to_async(uploaded.read, thread_sensitive=False)()
     item: dict[str, Any] = {"file_name": name, "size": len(data), "thumbnails": [], "error": ""}
-    kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
+    kind = batches.kind_of(data)
     # Thumbnails need far fewer pixels than OCR: render PDF pages at a low resolution.
     config = replace(ocr_config(), pdf_dpi=36, page_format="jpeg")
     try:
@@ -358,7 +296,13 @@ async def job_run_again(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse
         return redirect("ocr:job", job_id=job.pk)
     try:
         data = await sync_to_async(_read_upload, thread_sensitive=False)(job)
-        again = await _submit(request, form, data=data, file_name=job.file_name)
+        again = await batches.job_from_bytes(
+            owner=request.owner,
+            data=data,
+            file_name=job.file_name,
+            prompt=form.cleaned_data["prompt"],
+            text_layer=form.cleaned_data.get("text_layer") or "",
+        )
     except OSError:
         await sync_to_async(messages.error)(
             request, _("This job's file is no longer kept: upload it again to read it another way.")

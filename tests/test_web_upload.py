@@ -215,7 +215,7 @@ async def test_a_file_refused_by_a_limit_is_given_back_to_the_form(web, alice, s
     async def refuse(**kwargs):
         raise LimitExceeded("too many", code="too_many_jobs", retry_after=5)
 
-    monkeypatch.setattr("ocr.views.submit_job", refuse)
+    monkeypatch.setattr("ocr.batches.submit_job", refuse)
 
     response = await web.post("/jobs/new", {"pending": pending_id, "preset": "default"})
 
