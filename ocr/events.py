@@ -88,6 +88,7 @@ class ErrorCode(StrEnum):
     JOB_NOT_FINISHED = "job_not_finished"
     UPLOAD_GONE = "upload_gone"
     UPLOAD_UNREADABLE = "upload_unreadable"
+    PENDING_UPLOAD_GONE = "pending_upload_gone"  # the page form named a checked upload no longer kept
     NOTHING_TO_RETRY = "nothing_to_retry"
     PDF_FONT_MISSING = "pdf_font_missing"
     # The server

@@ -22,6 +22,13 @@ class Preset:
     #: The embedded engine can do it: it reads text (as Markdown, with boxes) and follows no prompt.
     embedded: bool = False
 
+    @property
+    def max_text_chars(self) -> int:
+        """The longest text the user may type for this preset: the prompt it makes stays within the limit."""
+        if "{text}" not in self.prompt:
+            return MAX_PROMPT_CHARS
+        return MAX_PROMPT_CHARS - len(self.prompt.replace("{text}", ""))
+
 
 PRESETS: tuple[Preset, ...] = (
     Preset(
@@ -65,8 +72,32 @@ PROMPT_PROBLEMS = {
 EMBEDDED_CANNOT = _("The embedded CPU engine reads text only: this needs the DeepSeek-OCR engine.")
 
 
-class UploadForm(forms.Form):
-    file = forms.FileField(label=_("Image or PDF"))
+#: The most files one upload form starts at once (one job each).
+MAX_BATCH_FILES = 20
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    """Several files under one name; cleans to a list (empty when none was chosen)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        kwargs.setdefault("widget", MultipleFileInput())
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+
+    def clean(self, data: object, initial: object = None) -> list:
+        single = super().clean
+        if isinstance(data, (list, tuple)):
+            return [single(item, initial) for item in data if item]
+        return [single(data, initial)] if data else []
+
+
+class JobOptionsForm(forms.Form):
+    """What to read and how: the part of the upload form that "Run again" asks for too."""
+
     preset = forms.ChoiceField(
         label=_("What to read"),
         choices=[(preset.key, preset.label) for preset in PRESETS],
@@ -82,6 +113,7 @@ class UploadForm(forms.Form):
         required=False,
         widget=forms.RadioSelect,
     )
+    # The server-side check of the prompt's length is ``check_prompt`` (in ``clean``); this is the form's.
     text = forms.CharField(
         label=_("Prompt or phrase"),
         required=False,
@@ -112,4 +144,32 @@ class UploadForm(forms.Form):
             self.add_error("text", PROMPT_PROBLEMS[exc.reason])
             return data
         data["prompt"] = prompt
+        return data
+
+
+class UploadForm(JobOptionsForm):
+    """The upload form: files chosen now and files kept from before (``kept``: the owner's pending uploads the
+    form's hidden fields named, ``ocr/pending.py``), one job each. ``asked_for`` is how many pending uploads the
+    form named: those missing from ``kept`` have expired (or were used)."""
+
+    file = MultipleFileField(label=_("Images or PDFs"))
+
+    def __init__(self, *args: object, kept: list | None = None, asked_for: int = 0, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.kept = list(kept or [])
+        self.asked_for = asked_for
+
+    def clean(self) -> dict:
+        data = super().clean()
+        files = data.get("file") or []
+        count = len(files) + len(self.kept)
+        if "file" in self.errors:
+            return data
+        if count == 0:
+            if self.asked_for:
+                self.add_error("file", _("The file chosen before is no longer kept on the server: choose it again."))
+            else:
+                self.add_error("file", _("Choose an image or a PDF."))
+        elif count > MAX_BATCH_FILES:
+            self.add_error("file", _("Choose at most %(limit)s files at once.") % {"limit": MAX_BATCH_FILES})
         return data

@@ -1,4 +1,4 @@
-"""Periodic work: deleting uploads past ``OCR_UPLOAD_RETENTION_DAYS``.
+"""Periodic work: deleting uploads past ``OCR_UPLOAD_RETENTION_DAYS``, and the upload form's stale pending uploads.
 
 Every process that runs jobs (web processes and queue workers) calls ``run_due`` from its heartbeat thread; a task
 runs at most once per its interval across all of them, whoever comes first (an atomic ``cache.add``: Redis with
@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 #: How often the clean-up of old uploads runs, and how many files one run deletes at most.
 UPLOAD_SWEEP_SECONDS = 3600
 UPLOAD_SWEEP_BATCH = 500
+#: How often the upload form's pending uploads past their short lifetime are deleted (``ocr/pending.py``).
+PENDING_SWEEP_SECONDS = 600
 
 
 def expire_uploads(now: datetime | None = None, *, batch: int = UPLOAD_SWEEP_BATCH) -> int:
@@ -56,3 +58,7 @@ def run_due() -> None:
     """Run the periodic tasks whose interval has passed (in any process)."""
     if cache.add("ocr:housekeeping:uploads", "1", timeout=UPLOAD_SWEEP_SECONDS):
         expire_uploads()
+    if cache.add("ocr:housekeeping:pending", "1", timeout=PENDING_SWEEP_SECONDS):
+        from ocr.pending import expire_pending_uploads
+
+        expire_pending_uploads()

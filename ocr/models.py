@@ -305,3 +305,43 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+def pending_upload_path(pending: PendingUpload, filename: str) -> str:
+    # As for jobs: the client's file name never reaches the file system.
+    return f"pending/{pending.id}.bin"
+
+
+class PendingUpload(models.Model):
+    """A file the upload form's preview has checked, kept for a short while (``ocr/pending.py``) so that Start
+    sends its id instead of the same bytes again, and so that a form refused for its prompt keeps the file."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="pending_uploads", verbose_name=_("owner")
+    )
+    client_address = models.CharField(
+        _("client address"),
+        max_length=64,
+        blank=True,
+        default="",
+        help_text=_("With authentication off: the address of the client it belongs to."),
+    )
+    file_name = models.CharField(_("file name"), max_length=255)
+    kind = models.CharField(_("kind"), max_length=8, choices=JobKind.choices)
+    page_count = models.PositiveIntegerField(_("pages"), default=0)
+    size = models.PositiveBigIntegerField(_("size"), default=0)
+    data = models.FileField(_("file"), upload_to=pending_upload_path, max_length=255)
+    created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
+    claimed_at = models.DateTimeField(
+        _("taken"), null=True, blank=True, help_text=_("When a job submission took it (it is used once).")
+    )
+
+    class Meta:
+        ordering = ["created_at"]
+        verbose_name = _("pending upload")
+        verbose_name_plural = _("pending uploads")
+        indexes = [models.Index(fields=["owner", "created_at"], name="pendingupload_owner_created")]
+
+    def __str__(self) -> str:
+        return f"{self.file_name} (pending)"

@@ -13,7 +13,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from ocr.models import OcrJob, OcrPage
+from ocr.models import OcrJob, OcrPage, PageStatus
 
 USAGE_FIELDS = ("input_bytes", "prompt_tokens", "completion_tokens", "prompt_chars", "completion_chars")
 
@@ -26,6 +26,19 @@ def jobs_for_owner(*, owner: AbstractBaseUser) -> QuerySet[OcrJob]:
 def visible_jobs_for_owner(*, owner: AbstractBaseUser) -> QuerySet[OcrJob]:
     """The owner's history: jobs they have not deleted."""
     return OcrJob.objects.filter(owner=owner, deleted_at__isnull=True)
+
+
+def batch_jobs_for_owner(*, owner: AbstractBaseUser, job_ids: list[uuid.UUID]) -> list[OcrJob]:
+    """The owner's jobs among ``job_ids`` (a batch the upload form started), in that order, each with
+    ``pages_read``: its pages read so far (a running job's ``pages_done`` is written only when it ends)."""
+    jobs = visible_jobs_for_owner(owner=owner).filter(pk__in=job_ids)
+    found = {
+        job.pk: job
+        for job in jobs.annotate(
+            pages_read=Count("pages", filter=Q(pages__status__in=[PageStatus.DONE, PageStatus.TRUNCATED]))
+        )
+    }
+    return [found[key] for key in job_ids if key in found]
 
 
 async def ajob_for_owner(*, owner: AbstractBaseUser, job_id: str | uuid.UUID) -> OcrJob | None:

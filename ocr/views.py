@@ -16,6 +16,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
+from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
 from django.http import (
     Http404,
@@ -29,25 +30,29 @@ from django.http import (
 from django.middleware.csrf import get_token
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
+from django.urls import reverse
 from django.utils import translation
 from django.utils.http import content_disposition_header
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_POST
 from PIL import Image
 
 from accounts.decorators import page_owner_required
 from accounts.limits import LimitExceeded
 from myocr import startup
-from ocr import intake, selectors
+from myocr.http import ApiError
+from ocr import batches, intake, pending, selectors
 from ocr.config import ocr_config
 from ocr.error_texts import intake_message, limit_message
 from ocr.errors import OcrError
 from ocr.exports import ExportUnavailable, export_job, export_page
-from ocr.forms import EMBEDDED_CANNOT, PRESETS, UploadForm
+from ocr.forms import EMBEDDED_CANNOT, MAX_BATCH_FILES, PRESETS, JobOptionsForm, UploadForm
 from ocr.fragments import LiveRenderer, page_view, progress_view, usage_view
-from ocr.jobs import cancel_job, retry_failed_pages, submit_job
+from ocr.jobs import cancel_job, retry_failed_pages
 from ocr.live import follow_job
-from ocr.models import JobSource, OcrJob
+from ocr.models import OcrJob, PendingUpload
+from ocr.prompts import MAX_PROMPT_CHARS
 from ocr.services import JobNotFinished, job_delete
 from ocr.transports import sse_event
 from ocr.usage_chart import usage_chart
@@ -75,7 +80,7 @@ async def favicon(request: HttpRequest) -> HttpResponse:
 # --- Upload ---------------------------------------------------------------------------------------------------
 
 
-def _home_context(request: HttpRequest, form: UploadForm) -> dict[str, Any]:
+def _home_context(request: HttpRequest, form: UploadForm, *, kept: list[PendingUpload] | None = None) -> dict[str, Any]:
     config = ocr_config()
     return {
         "form": form,
@@ -83,6 +88,9 @@ def _home_context(request: HttpRequest, form: UploadForm) -> dict[str, Any]:
         "embedded_cannot": EMBEDDED_CANNOT,
         "engine": config.engine,
         "max_upload_bytes": config.max_upload_bytes,
+        "max_prompt_chars": MAX_PROMPT_CHARS,
+        "max_batch_files": MAX_BATCH_FILES,
+        "kept": kept if kept is not None else form.kept,
         "recent_jobs": list(selectors.visible_jobs_for_owner(owner=request.owner).order_by("-created_at")[:5]),
     }
 
@@ -96,34 +104,70 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_POST
 @page_owner_required
 async def job_new(request: HttpRequest) -> HttpResponse:
-    """Create a job from the upload form and start it in the background; then show its live page."""
+    """Start one job per file of the upload form (files sent now, or kept by the preview: ``ocr/pending.py``),
+    with the same prompt (``ocr.batches``); then show the job's live page, or the batch's page for several.
+
+    A form refused as a whole (its prompt, no file) keeps its files as pending uploads and says so. A file refused
+    on its own (the intake, a limit) is named; the others start."""
     post, files = await _parse_body(request)
-    form = UploadForm(post, files)
+    ids = pending.parse_ids(post.getlist("pending"))
+    kept = await pending.pending_uploads_available(owner=request.owner, ids=ids)
+    form = UploadForm(post, files, kept=kept, asked_for=len(ids))
     if not await sync_to_async(form.is_valid)():
-        return await _upload_refused(request, form)
-    uploaded = form.cleaned_data["file"]
-    data = await sync_to_async(uploaded.read, thread_sensitive=False)()
-    upload = intake.Upload(data=data, file_name=intake.clean_file_name(uploaded.name))
-    kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
-    try:
-        job = await submit_job(
-            owner=request.owner,
-            upload=upload,
-            kind=kind,
-            source=JobSource.WEB,
-            prompt=form.cleaned_data["prompt"],
-            text_layer=form.cleaned_data.get("text_layer") or "",
-        )
-    except LimitExceeded as error:
-        form.add_error("file", limit_message(error))
-        response = await _upload_refused(request, form, status=error.status)
-        for name, value in error.headers.items():
-            response[name] = value
+        kept += await _keep_files(request, form, files.getlist("file")[: max(MAX_BATCH_FILES - len(kept), 0)])
+        return await _upload_refused(request, form, kept=kept)
+    outcome = await batches.batch_submit(
+        owner=request.owner,
+        files=[*kept, *form.cleaned_data["file"]],
+        prompt=form.cleaned_data["prompt"],
+        text_layer=form.cleaned_data.get("text_layer") or "",
+    )
+    if not outcome.started:
+        for refused in outcome.refused:
+            form.add_error("file", _refusal_text(refused))
+        first = outcome.refused[0].error
+        response = await _upload_refused(request, form, kept=outcome.kept, status=first.status)
+        for header, value in first.headers.items():
+            response[header] = value
         return response
-    except OcrError as error:
-        form.add_error("file", intake_message(error))
-        return await _upload_refused(request, form, status=error.status)
-    return redirect("ocr:job", job_id=job.pk, permanent=False)
+    if len(outcome.started) == 1 and not outcome.refused:
+        return redirect("ocr:job", job_id=outcome.started[0].pk, permanent=False)
+    for refused in outcome.refused:
+        await sync_to_async(messages.error)(request, _refusal_text(refused))
+    count = len(outcome.started)
+    await sync_to_async(messages.success)(
+        request, ngettext("%(count)s job started.", "%(count)s jobs started.", count) % {"count": count}
+    )
+    return redirect(f"{reverse('ocr:job-batch')}?jobs={','.join(str(job.pk) for job in outcome.started)}")
+
+
+def _refusal_text(refused: batches.Refused) -> str:
+    return _("“%(name)s” was not started: %(reason)s") % {
+        "name": refused.file_name,
+        "reason": _refusal_reason(refused.error),
+    }
+
+
+def _refusal_reason(error: ApiError) -> str:
+    if isinstance(error, batches.PendingGone):
+        return _("the file is no longer kept on the server: choose it again.")
+    if isinstance(error, LimitExceeded):
+        return limit_message(error)
+    return intake_message(error)
+
+
+async def _keep_files(request: HttpRequest, form: UploadForm, uploaded: list[UploadedFile]) -> list[PendingUpload]:
+    """Keep the files of a refused form as pending uploads, so that they need not be chosen again; a file the
+    intake refuses is named in the form's errors instead."""
+    kept: list[PendingUpload] = []
+    for file in uploaded:
+        name = intake.clean_file_name(file.name)
+        try:
+            data = await batches.read_file(file)
+            kept.append(await batches.keep_upload(owner=request.owner, data=data, file_name=name))
+        except OcrError as error:
+            form.add_error("file", _refusal_text(batches.Refused(name, error)))
+    return kept
 
 
 async def _parse_body(request: HttpRequest) -> tuple[Any, Any]:
@@ -131,42 +175,111 @@ async def _parse_body(request: HttpRequest) -> tuple[Any, Any]:
     return await sync_to_async(lambda: (request.POST, request.FILES), thread_sensitive=False)()
 
 
-async def _upload_refused(request: HttpRequest, form: UploadForm, *, status: int = 400) -> HttpResponse:
-    context = await sync_to_async(_home_context)(request, form)
+async def _upload_refused(
+    request: HttpRequest, form: UploadForm, *, kept: list[PendingUpload] | None = None, status: int = 400
+) -> HttpResponse:
+    context = await sync_to_async(_home_context)(request, form, kept=kept)
     return await sync_to_async(render)(request, "ocr/home.html", context, status=status)
 
 
 @require_POST
 @page_owner_required
 async def preview(request: HttpRequest) -> HttpResponse:
-    """Thumbnails of the chosen file before it is submitted: the image, or the first pages of a PDF."""
-    _post, files = await _parse_body(request)
-    uploaded = files.get("file")
-    context: dict[str, Any] = {"thumbnails": [], "error": ""}
-    if uploaded is None:
-        return render(request, "ocr/preview.html", context)
+    """Check the chosen files and show their thumbnails (the image, or the first pages of a PDF) before Start.
+
+    A file the intake accepts is kept as a pending upload (``ocr/pending.py``) and its id goes back in the
+    fragment's hidden field, so that Start sends the id, not the bytes again. ``discard`` names the pending
+    uploads of an earlier choice that the form no longer needs."""
+    post, files = await _parse_body(request)
+    discard = pending.parse_ids(post.getlist("discard"))
+    if discard:
+        await pending.pending_uploads_discard(owner=request.owner, ids=discard)
+    items = [await _preview_item(request, file) for file in files.getlist("file")[:MAX_BATCH_FILES]]
+    return await sync_to_async(render)(request, "ocr/preview.html", {"items": items})
+
+
+async def _preview_item(request: HttpRequest, uploaded: UploadedFile) -> dict[str, Any]:
+    name = intake.clean_file_name(uploaded.name)
     data = await sync_to_async(uploaded.read, thread_sensitive=False)()
-    kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
+    item: dict[str, Any] = {"file_name": name, "size": len(data), "thumbnails": [], "error": ""}
+    kind = batches.kind_of(data)
     # Thumbnails need far fewer pixels than OCR: render PDF pages at a low resolution.
     config = replace(ocr_config(), pdf_dpi=36, page_format="jpeg")
     try:
-        document = await intake.open_upload(
-            intake.Upload(data=data, file_name=intake.clean_file_name(uploaded.name)), expected_kind=kind, config=config
-        )
+        document = await intake.open_upload(intake.Upload(data=data, file_name=name), expected_kind=kind, config=config)
     except OcrError as error:
-        context["error"] = intake_message(error)
-        return await sync_to_async(render)(request, "ocr/preview.html", context)
+        item["error"] = intake_message(error)
+        return item
     try:
         for number in range(1, min(document.page_count, THUMBNAIL_PAGES) + 1):
             page = await document.page(number, pixels=True)
-            context["thumbnails"].append(
+            item["thumbnails"].append(
                 {"number": number, "src": await sync_to_async(_thumbnail, thread_sensitive=False)(page.pixels)}
             )
     finally:
         await document.aclose()
-    context.update(kind=kind, pages=document.page_count, file_name=intake.clean_file_name(uploaded.name))
-    context["size"] = len(data)
-    return await sync_to_async(render)(request, "ocr/preview.html", context)
+    item.update(kind=kind, pages=document.page_count)
+    item["pending"] = await pending.pending_upload_create(
+        owner=request.owner, data=data, file_name=name, kind=kind, page_count=document.page_count
+    )
+    return item
+
+
+@require_GET
+@page_owner_required
+def job_batch(request: HttpRequest) -> HttpResponse:
+    """The jobs one upload form started together, with their live progress (``?jobs=`` their ids)."""
+    ids = pending.parse_ids(request.GET.get("jobs", "").split(","))[:MAX_BATCH_FILES]
+    jobs = selectors.batch_jobs_for_owner(owner=request.owner, job_ids=ids)
+    context = {
+        "jobs": jobs,
+        "batch": True,
+        "batch_ids": ",".join(str(job.pk) for job in jobs),
+        "batch_open": any(not job.is_finished for job in jobs),
+    }
+    if request.htmx:
+        return render(request, "ocr/history.html#batch-rows", context)
+    return render(request, "ocr/history.html", context)
+
+
+@require_POST
+@page_owner_required
+async def job_run_again(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    """A new job from an ended job's kept upload, with another preset or prompt: nothing is uploaded again.
+    The old job stays as it is; the new one's page follows."""
+    job = await _aowned_job(request, job_id)
+    post, _files = await _parse_body(request)
+    form = JobOptionsForm(post)
+    if not job.is_finished or not job.upload:
+        await sync_to_async(messages.error)(
+            request, _("This job's file is no longer kept: upload it again to read it another way.")
+        )
+        return redirect("ocr:job", job_id=job.pk)
+    if not await sync_to_async(form.is_valid)():
+        problems = [str(error) for errors in form.errors.values() for error in errors]
+        await sync_to_async(messages.error)(request, " ".join(problems))
+        return redirect("ocr:job", job_id=job.pk)
+    try:
+        data = await sync_to_async(_read_upload, thread_sensitive=False)(job)
+        again = await batches.job_from_bytes(
+            owner=request.owner,
+            data=data,
+            file_name=job.file_name,
+            prompt=form.cleaned_data["prompt"],
+            text_layer=form.cleaned_data.get("text_layer") or "",
+        )
+    except OSError:
+        await sync_to_async(messages.error)(
+            request, _("This job's file is no longer kept: upload it again to read it another way.")
+        )
+        return redirect("ocr:job", job_id=job.pk)
+    except LimitExceeded as error:
+        await sync_to_async(messages.error)(request, limit_message(error))
+        return redirect("ocr:job", job_id=job.pk)
+    except OcrError as error:
+        await sync_to_async(messages.error)(request, intake_message(error))
+        return redirect("ocr:job", job_id=job.pk)
+    return redirect("ocr:job", job_id=again.pk)
 
 
 def _thumbnail(image: Image.Image) -> str:

@@ -32,6 +32,7 @@ NOT_PAGES = {
     "ocr:job-cancel",
     "ocr:job-delete",
     "ocr:job-retry",
+    "ocr:job-again",
     "accounts:logout",
     "accounts:token-revoke",
     "accounts:webhook-rotate",
@@ -179,6 +180,8 @@ def test_every_page_satisfies_the_content_security_policy(chromium, server, fake
         page.locator("input[name=preset][value=document]").check()
         page.get_by_role("button", name="Start OCR").click()
         page.wait_for_selector('[data-job-status="done"]', timeout=30_000)
+        batch = ",".join(path.strip("/").rsplit("/", 1)[-1] for path in (job_path, page.url))
+        browser.goto(f"/jobs/batch?jobs={batch}", "ocr:job-batch")
 
         browser.goto("/jobs/", "ocr:history")
         browser.goto("/usage/", "ocr:usage")

@@ -7,35 +7,7 @@
     if (document.readyState !== "loading") fn(); else document.addEventListener("DOMContentLoaded", fn);
   }
 
-  // Drag and drop onto the upload form's drop zone; refuse files over the limit before uploading them.
-  function initUpload() {
-    var form = document.querySelector("form.upload");
-    if (!form) return;
-    var zone = form.querySelector("[data-dropzone]");
-    var input = form.querySelector("input[type=file]");
-    var sizeError = form.querySelector("[data-size-error]");
-    var limit = parseInt(form.dataset.maxBytes || "0", 10);
-    function tooLarge() {
-      var file = input.files && input.files[0];
-      var bad = Boolean(file && limit && file.size > limit);
-      sizeError.hidden = !bad;
-      return bad;
-    }
-    ["dragenter", "dragover"].forEach(function (name) {
-      zone.addEventListener(name, function (event) { event.preventDefault(); zone.classList.add("is-dragging"); });
-    });
-    ["dragleave", "drop"].forEach(function (name) {
-      zone.addEventListener(name, function () { zone.classList.remove("is-dragging"); });
-    });
-    zone.addEventListener("drop", function (event) {
-      event.preventDefault();
-      if (!event.dataTransfer || !event.dataTransfer.files.length) return;
-      input.files = event.dataTransfer.files;
-      input.dispatchEvent(new Event("change", { bubbles: true }));
-    });
-    input.addEventListener("htmx:confirm", function (event) { if (tooLarge()) event.preventDefault(); });
-    form.addEventListener("submit", function (event) { if (tooLarge()) event.preventDefault(); });
-  }
+  // The upload form's enhancements live in upload.js, loaded by the upload page only.
 
   // Copy buttons: data-copy-target (an element's text) or data-copy-url (a download's text).
   document.addEventListener("click", function (event) {
@@ -72,6 +44,4 @@
     var target = event.detail && event.detail.target;
     if (target && target.classList && target.classList.contains("page__raw")) target.scrollTop = target.scrollHeight;
   });
-
-  ready(initUpload);
 })();

@@ -1,0 +1,162 @@
+"""Pending uploads: files the upload form has checked but no job has taken yet.
+
+The preview of the upload form validates the chosen file and keeps its bytes here, and the form carries the
+pending upload's id in a hidden field; Start then sends the id, not the file again, so every job costs one upload.
+A form refused for another reason (its prompt, a limit) keeps its files the same way, with or without JavaScript.
+
+Guarantees:
+
+- A pending upload belongs to its owner (and, with authentication off, to the client address of the anonymous
+  user's request): anyone else's id is as good as an unknown one.
+- It is used once: ``pending_upload_claim`` takes it in one conditional UPDATE, so two submissions racing with one
+  id make one job. A submission that fails (a limit, the queue) gives it back (``pending_upload_release``) so the
+  form can offer it again; one that made its job deletes it (``pending_upload_consume``).
+- It lives ``PENDING_LIFETIME``; ``expire_pending_uploads`` (housekeeping) deletes the older ones and their files.
+  An owner keeps at most ``MAX_PENDING_PER_OWNER``: a new one removes the oldest beyond it, so previews alone
+  cannot fill the disk.
+- The bytes are checked by the intake before they are kept; the job's own intake checks them again when it is
+  made, as for any upload.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+
+from ocr.models import PendingUpload
+
+logger = logging.getLogger(__name__)
+
+PENDING_LIFETIME = timedelta(hours=1)
+MAX_PENDING_PER_OWNER = 20
+
+
+def _owned(owner: AbstractBaseUser, *, now: datetime | None = None):
+    from accounts.limits import limits_address
+
+    now = now or timezone.now()
+    return PendingUpload.objects.filter(
+        owner=owner, client_address=limits_address(owner), created_at__gt=now - PENDING_LIFETIME
+    )
+
+
+def parse_ids(values: Iterable[str]) -> list[uuid.UUID]:
+    """The well-formed ids among ``values`` (a form's hidden fields), in order, without repeats."""
+    ids: list[uuid.UUID] = []
+    for value in values:
+        try:
+            key = uuid.UUID(str(value))
+        except ValueError:
+            continue
+        if key not in ids:
+            ids.append(key)
+    return ids
+
+
+def _create(*, owner: AbstractBaseUser, data: bytes, file_name: str, kind: str, page_count: int) -> PendingUpload:
+    """Keep ``data`` (already checked by the intake) for ``owner``; the oldest beyond the owner's cap go."""
+    from accounts.limits import limits_address
+
+    pending = PendingUpload(
+        owner=owner,
+        client_address=limits_address(owner),
+        file_name=file_name,
+        kind=kind,
+        page_count=page_count,
+        size=len(data),
+    )
+    pending.data.save("upload", ContentFile(data), save=False)
+    pending.save(force_insert=True)
+    surplus = list(
+        PendingUpload.objects.filter(owner=owner, client_address=pending.client_address, claimed_at__isnull=True)
+        .order_by("-created_at")
+        .values_list("pk", flat=True)[MAX_PENDING_PER_OWNER:]
+    )
+    if surplus:
+        _delete(PendingUpload.objects.filter(pk__in=surplus))
+    return pending
+
+
+pending_upload_create = sync_to_async(_create)
+
+
+def _available(*, owner: AbstractBaseUser, ids: Iterable[uuid.UUID]) -> list[PendingUpload]:
+    """The owner's live, untaken pending uploads among ``ids``, in the order of ``ids``."""
+    ids = list(ids)
+    found = {pending.pk: pending for pending in _owned(owner).filter(pk__in=ids, claimed_at__isnull=True)}
+    return [found[key] for key in ids if key in found]
+
+
+pending_uploads_available = sync_to_async(_available)
+
+
+def _claim(*, owner: AbstractBaseUser, pending_id: uuid.UUID) -> PendingUpload | None:
+    """Take the owner's pending upload for one job submission, or ``None`` (unknown, someone else's, expired or
+    already taken)."""
+    now = timezone.now()
+    if not _owned(owner, now=now).filter(pk=pending_id, claimed_at__isnull=True).update(claimed_at=now):
+        return None
+    return PendingUpload.objects.get(pk=pending_id)
+
+
+pending_upload_claim = sync_to_async(_claim)
+
+
+def _read(pending: PendingUpload) -> bytes:
+    with pending.data.open("rb") as file:
+        return file.read()
+
+
+pending_upload_read = sync_to_async(_read, thread_sensitive=False)
+
+
+def _release(pending: PendingUpload) -> None:
+    """Give back a claimed pending upload whose job was not made: the form may offer it again."""
+    PendingUpload.objects.filter(pk=pending.pk).update(claimed_at=None)
+
+
+pending_upload_release = sync_to_async(_release)
+
+
+def _consume(pending: PendingUpload) -> None:
+    """A job was made from it: delete it and its file."""
+    _delete(PendingUpload.objects.filter(pk=pending.pk))
+
+
+pending_upload_consume = sync_to_async(_consume)
+
+
+def _delete(pendings) -> int:
+    names = list(pendings.values_list("pk", "data"))
+    with transaction.atomic():
+        deleted, _ = PendingUpload.objects.filter(pk__in=[pk for pk, _name in names]).delete()
+    storage = PendingUpload._meta.get_field("data").storage
+    for _pk, name in names:
+        if name:
+            try:
+                storage.delete(name)
+            except OSError:
+                logger.warning("could not delete the pending upload %s", name)
+    return deleted
+
+
+def expire_pending_uploads(now: datetime | None = None) -> int:
+    """Delete the pending uploads older than ``PENDING_LIFETIME`` and their files. Returns how many."""
+    now = now or timezone.now()
+    return _delete(PendingUpload.objects.filter(created_at__lte=now - PENDING_LIFETIME))
+
+
+def _discard(*, owner: AbstractBaseUser, ids: Iterable[uuid.UUID]) -> int:
+    """Delete the owner's untaken pending uploads among ``ids`` (the form chose other files instead)."""
+    return _delete(_owned(owner).filter(pk__in=list(ids), claimed_at__isnull=True))
+
+
+pending_uploads_discard = sync_to_async(_discard)
