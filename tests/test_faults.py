@@ -19,7 +19,6 @@ import re
 import signal
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -224,15 +223,24 @@ def test_an_engine_slower_than_the_clients_keeps_memory_bounded(app_server: AppS
             peak = baseline
             waiting_seen = 0.0
 
-            async def load() -> None:
+            def sample() -> bool:
+                """One reading of the server's memory and waiting pages; true once the load has run long enough:
+                most pages wait while the engine reads twenty of them."""
                 nonlocal peak, waiting_seen
+                peak = max(peak, rss_bytes(app.process.pid))
+                waiting_seen = max(waiting_seen, gauges(app).get("ocr_pages_waiting", 0))
+                return waiting_seen >= 100 and engine.stats["completed"] >= 20
+
+            async def load() -> None:
                 pdf = make_numbered_pdf(25)
                 clients = [asyncio.create_task(ndjson_request(app, token, "pdf", pdf)) for _ in range(20)]
-                deadline = time.monotonic() + 6
-                while time.monotonic() < deadline:
-                    peak = max(peak, rss_bytes(app.process.pid))
-                    waiting_seen = max(waiting_seen, (await asyncio.to_thread(gauges, app)).get("ocr_pages_waiting", 0))
-                    await asyncio.sleep(0.1)  # the sampling interval of the measurement
+                await asyncio.to_thread(
+                    wait_until,
+                    sample,
+                    timeout=90,
+                    what="most pages waiting while the engine reads twenty",
+                    interval=0.1,
+                )
                 for client in clients:  # the clients give up: their connections close
                     client.cancel()
                 await asyncio.gather(*clients, return_exceptions=True)
