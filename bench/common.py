@@ -1,4 +1,5 @@
-"""Shared machinery for the benchmarks: servers in subprocesses, a low-CPU raw-socket client, /proc readings.
+"""Shared machinery for the benchmarks: servers in subprocesses (the tests' own, ``testing.servers``), a low-CPU
+raw-socket client, /proc readings.
 
 Benchmarks compare against a baseline measured in the same run: these machines are shared and noisy, so only
 ratios mean something.
@@ -10,26 +11,16 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+from testing.servers import PYTHON, AppServer, ServerProcess, free_port
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- /proc readings ---------------------------------------------------------------------------------------
@@ -123,64 +114,15 @@ class RssSampler:
 # --- servers ----------------------------------------------------------------------------------------------
 
 
-class Process:
-    """A server subprocess that is ready once ``ready_url`` answers 200."""
-
-    def __init__(self, args: list[str], *, env: Mapping[str, str], ready_url: str, log_name: str) -> None:
-        self.args = args
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-        self.ready_url = ready_url
-        self.log_path = Path(tempfile.gettempdir()) / f"myocr-bench-{log_name}-{os.getpid()}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-        self.answered_after = 0.0  # first HTTP answer of any status
-        self.ready_after = 0.0  # first 200 from ready_url
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout: float = 60.0) -> Process:
-        log = self.log_path.open("wb")
-        self.started_at = time.monotonic()
-        self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = self.started_at + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.args[:3]} exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.ready_url, timeout=1) as response:
-                    self.answered_after = self.answered_after or time.monotonic() - self.started_at
-                    if response.status == 200:
-                        self.ready_after = time.monotonic() - self.started_at
-                        return self
-            except urllib.error.HTTPError:  # answering, not ready yet (e.g. 503 while warming up)
-                self.answered_after = self.answered_after or time.monotonic() - self.started_at
-                time.sleep(0.01)
-            except OSError:
-                time.sleep(0.01)
-        raise TimeoutError(f"{self.args[:3]} not ready:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-    def __enter__(self) -> Process:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def log_path(name: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"myocr-bench-{name}-{os.getpid()}.log"
 
 
-def fake_engine(*, tokens: int, token_delay: float, first_token_delay: float = 0.0, chunk_tokens: int = 1) -> Process:
+def fake_engine(
+    *, tokens: int, token_delay: float, first_token_delay: float = 0.0, chunk_tokens: int = 1
+) -> ServerProcess:
     port = free_port()
-    return Process(
+    return ServerProcess(
         [
             PYTHON,
             "-m",
@@ -200,11 +142,11 @@ def fake_engine(*, tokens: int, token_delay: float, first_token_delay: float = 0
         ],
         env={},
         ready_url=f"http://127.0.0.1:{port}/health",
-        log_name="fake-vllm",
+        log_path=log_path("fake-vllm"),
     )
 
 
-def control_fake_engine(engine: Process, **default: object) -> None:
+def control_fake_engine(engine: ServerProcess, **default: object) -> None:
     """Change the fake engine's default behaviour through its control endpoint."""
     port = engine.ready_url.split(":")[2].split("/")[0]
     request = urllib.request.Request(
@@ -217,24 +159,23 @@ def control_fake_engine(engine: Process, **default: object) -> None:
 
 @dataclass
 class App:
-    process: Process
+    process: AppServer
     port: int
     token: str
     data_dir: Path
 
 
 def app_server(env: Mapping[str, str], *, name: str = "app", workers: int = 1) -> App:
-    """Migrate a fresh SQLite database, create a user and token, and prepare the server (not yet running):
-    one Daphne process, or ``workers`` of them on one socket (``deploy/serve.py``)."""
+    """The tests' ``AppServer`` with production-like settings: a fresh SQLite database is migrated and a user and
+    token created, and the server is prepared (not yet running): one Daphne process, or ``workers`` of them on one
+    socket (``deploy/serve.py``)."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"myocr-bench-{name}-"))
-    port = free_port()
     full_env = {
         "SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
         "DEBUG": "false",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SECURE_SSL_REDIRECT": "false",
-        "OCR_DATA_DIR": str(data_dir),
-        "DATABASE_URL": f"sqlite:///{data_dir / 'db.sqlite3'}",
+        "OCR_WARMUP": "true",  # as deployed, unless a benchmark says otherwise
         "LOG_LEVEL": "WARNING",
         "OCR_KEEP_UPLOADS": "false",
         # One benchmark user sends all the load: per-user limits would refuse it.
@@ -242,41 +183,13 @@ def app_server(env: Mapping[str, str], *, name: str = "app", workers: int = 1) -
         "OCR_USER_DAILY_PAGES": "0",
         **env,
     }
-    subprocess.run(
-        [PYTHON, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env={**os.environ, **full_env}, check=True
-    )
-    token = subprocess.run(
-        [PYTHON, "-c", CREATE_TOKEN_SCRIPT],
-        cwd=ROOT,
-        env={**os.environ, **full_env},
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    if workers > 1:
-        command = [PYTHON, "deploy/serve.py"]
-        full_env |= {
-            "WEB_CONCURRENCY": str(workers),
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "metrics"),
-        }
-    else:
-        command = [PYTHON, "-m", "daphne", "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=1024"]
-        command.append("myocr.asgi:application")
-    process = Process(
-        command,
-        env=full_env,
-        ready_url=f"http://127.0.0.1:{port}/healthz",
-        log_name=name,
-    )
-    return App(process=process, port=port, token=token, data_dir=data_dir)
+    server = AppServer(data_dir, full_env, workers=workers, log_path=log_path(name))
+    server.migrate()
+    token = server.manage("shell", "-v", "0", "-c", CREATE_TOKEN_SCRIPT).stdout.strip()
+    return App(process=server, port=server.port, token=token, data_dir=data_dir)
 
 
 CREATE_TOKEN_SCRIPT = """
-import django, os
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "myocr.settings")
-django.setup()
 from django.contrib.auth import get_user_model
 from accounts.tokens import token_create
 user, _ = get_user_model().objects.get_or_create(username="bench")

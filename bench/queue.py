@@ -22,8 +22,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from bench.common import PYTHON, Process, app_server, fake_engine, free_port, percentile, print_table
+from bench.common import app_server, fake_engine, log_path, percentile, print_table
 from testing.documents import SAMPLES, make_numbered_pdf
+from testing.servers import PYTHON, ServerProcess, free_port
 
 POSTGRES = "postgres://postgres@127.0.0.1:5432"
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -95,13 +96,13 @@ def first_delta_and_end(port: int, token: str, job_id: str) -> tuple[float, floa
     raise RuntimeError(f"the events of {job_id} ended without an end frame")
 
 
-def worker(env: dict[str, str]) -> Process:
+def worker(env: dict[str, str]) -> ServerProcess:
     port = free_port()
-    return Process(
+    return ServerProcess(
         [PYTHON, "manage.py", "ocr_worker", "--metrics-port", str(port), "--stop-timeout", "1"],
         env=env,
         ready_url=f"http://127.0.0.1:{port}/metrics",
-        log_name="worker",
+        log_path=log_path("worker"),
     )
 
 

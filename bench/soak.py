@@ -40,6 +40,7 @@ from bench.common import (
     stream_request,
 )
 from testing.documents import BAD_INPUTS, SAMPLES, make_numbered_pdf
+from testing.waiting import wait_until
 
 GAUGES = ("ocr_in_progress", "ocr_pages_in_flight", "ocr_pages_waiting", "http_in_flight_requests")
 FAULTS = {
@@ -262,15 +263,6 @@ def audit_ledger(db: sqlite3.Connection, outcomes: list[Outcome]) -> list[str]:
     return problems
 
 
-async def wait_for(predicate: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(predicate):
-            return True
-        await asyncio.sleep(0.5)  # polling, bounded by the deadline
-    return False
-
-
 # --- the run ----------------------------------------------------------------------------------------------
 
 
@@ -327,7 +319,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 gauges = scrape_gauges(app.port)
                 return running == 0 and not any(gauges.values())
 
-            settled_in_time = await wait_for(settled, 60)
+            try:
+                await asyncio.to_thread(wait_until, settled, timeout=60, what="the server settled", interval=0.5)
+                settled_in_time = True
+            except AssertionError:  # reported with the other findings
+                settled_in_time = False
             gauges = await asyncio.to_thread(scrape_gauges, app.port)
             rss_end = rss_bytes(pid)
             stats = await asyncio.to_thread(engine_stats, engine_url)

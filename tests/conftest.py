@@ -1,11 +1,12 @@
-"""Shared fixtures: users and tokens, engine switching, the fake vLLM server, NDJSON helpers."""
+"""Shared fixtures: users and tokens, engine switching, the fake vLLM server, app servers in real processes,
+NDJSON helpers."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from django.test import AsyncClient
 
 from accounts.tokens import token_create
 from testing.fake_vllm import FakeVllm
+from testing.production import production_server
+from testing.servers import AppServer
 
 from .contract import streamed_text
 
@@ -53,6 +56,58 @@ def fake(fake_vllm_server: Any) -> Iterator[Any]:
     fake_vllm_server.reset()
     yield fake_vllm_server
     fake_vllm_server.reset()
+
+
+class AppServers:
+    """Starts app servers (``testing.servers.AppServer``) and stops every one it started at teardown."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.started: list[AppServer] = []
+
+    def __call__(
+        self,
+        env: Mapping[str, str],
+        *,
+        name: str = "app",
+        data_dir: Path | None = None,
+        log_name: str = "server.log",
+        production: bool = False,
+        https_proxy: bool = False,
+        workers: int = 1,
+    ) -> AppServer:
+        """A started server with ``env`` (the module's engine URL, concurrency, flush seconds...). ``data_dir``:
+        another server's, to restart it or to run a second process beside it (then give it its own ``log_name``).
+        ``production``: production settings (``testing.production``), behind a TLS proxy if ``https_proxy``."""
+        data_dir = data_dir or self.tmp_path_factory.mktemp(name)
+        if production:
+            server = production_server(data_dir, https_proxy=https_proxy, **env)
+            server.log_path = data_dir / log_name
+        else:
+            server = AppServer(data_dir, env, workers=workers, log_path=data_dir / log_name)
+        self.started.append(server)  # before it starts: a server that fails to get ready is stopped too
+        server.start()
+        return server
+
+    def stop_all(self) -> None:
+        for server in reversed(self.started):
+            server.stop()
+
+
+@pytest.fixture
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServers]:
+    """``app_server(env, name=...)`` starts a server for this test; it is stopped when the test ends."""
+    servers = AppServers(tmp_path_factory)
+    yield servers
+    servers.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServers]:
+    """``module_app_server(env, name=...)`` starts a server shared by a module's tests, stopped after the last."""
+    servers = AppServers(tmp_path_factory)
+    yield servers
+    servers.stop_all()
 
 
 CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")

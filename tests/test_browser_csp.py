@@ -14,9 +14,9 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from testing.documents import SAMPLES, make_numbered_pdf
+from testing.production import create_superuser
 
 from .conftest import PASSWORD
-from .production import create_superuser, production_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -58,19 +58,15 @@ def close_thread_connections():
 
 
 @pytest.fixture(scope="module")
-def server(fake_vllm_server, tmp_path_factory):
-    app = production_server(
-        tmp_path_factory.mktemp("csp-server"),
-        https_proxy=False,
-        OCR_ENGINE="openai",
-        LLM_BASE_URL=fake_vllm_server.base_url,
-        OCR_LIVE_FLUSH_SECONDS="0.2",
+def server(fake_vllm_server, module_app_server):
+    app = module_app_server(
+        {"OCR_ENGINE": "openai", "LLM_BASE_URL": fake_vllm_server.base_url, "OCR_LIVE_FLUSH_SECONDS": "0.2"},
+        name="csp-server",
+        production=True,
     )
-    app.start()
     app.register_and_login("csp-user")
     create_superuser(app, "csp-staff", STAFF_PASSWORD)
-    yield app
-    app.stop()
+    return app
 
 
 class Browser:

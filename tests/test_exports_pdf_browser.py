@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.server
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from ocr.searchable_pdf import page_text, searchable_pdf_from_pdf
 from testing.documents import SAMPLES, make_image_pdf
+from testing.waiting import wait_until
 
 from .test_exports_pdf import GROUNDED, _png
 
@@ -70,18 +70,22 @@ def viewer_state(browser, url: str, screenshot: str | None = None) -> dict:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     try:
         page.goto(url)
-        deadline = time.monotonic() + 20
-        state = None
-        while time.monotonic() < deadline:
+
+        def loaded_or_failed() -> dict | None:
             viewer = next((frame for frame in page.frames if frame.url.startswith("chrome-extension://")), None)
             state = viewer.evaluate(VIEWER_STATE) if viewer is not None else None
-            if state and (state["pages"] or state["error"]):
-                break
-            page.wait_for_timeout(50)  # polling the viewer's state, bounded by the deadline
+            return state if state and (state["pages"] or state["error"]) else None
+
+        state = wait_until(
+            loaded_or_failed,
+            timeout=20,
+            what=f"Chromium's PDF viewer shows pages or an error for {url}",
+            pause=lambda seconds: page.wait_for_timeout(seconds * 1000),  # Playwright's loop runs meanwhile
+        )
         if screenshot:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / screenshot))
-        return state or {}
+        return state
     finally:
         page.close()
 

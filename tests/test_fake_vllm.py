@@ -472,10 +472,10 @@ async def test_stall_after_pauses_between_chunks(fake: FakeVllm, client: AsyncOp
     async for _ in stream:
         arrivals.append(time.monotonic())
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    # Chunks: role, c1, c2, <stall>, c3 ... The role chunk and c1 are written together.
-    assert gaps.index(max(gaps)) == 2
+    # Chunks: role, c1, c2, <stall>, c3 ... The role chunk and c1 are written together. The stall is a lower
+    # bound the fake guarantees; how fast the other chunks come is the machine's business.
+    assert len(arrivals) == 8  # the role chunk, six content chunks, the final chunk
     assert gaps[2] >= 0.38
-    assert sum(gaps) - gaps[2] < 0.3
 
 
 async def test_finish_reason_length_from_max_tokens_and_override(fake: FakeVllm, client: AsyncOpenAI) -> None:

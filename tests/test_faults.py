@@ -19,10 +19,8 @@ import re
 import signal
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,10 +30,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.common import multipart, rss_bytes
 from testing.documents import SAMPLES, make_numbered_pdf
 from testing.fake_vllm import FakeVllm
+from testing.servers import AppServer
+from testing.waiting import wait_until
 
-from .conftest import PASSWORD
+from .conftest import PASSWORD, AppServers
 from .contract import assert_contract, streamed_text
-from .server import AppServer
 
 pytestmark = [pytest.mark.slow]
 
@@ -44,18 +43,6 @@ GAUGES = ("ocr_in_progress", "ocr_pages_in_flight", "ocr_pages_waiting")
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)  # the polling interval, bounded by the deadline
 
 
 def db_rows(server: AppServer, sql: str, *params: Any) -> list[tuple]:
@@ -91,23 +78,19 @@ def assert_clean_log(server: AppServer) -> None:
         assert bad not in log, f"{bad!r} in the server log:\n{log[-4000:]}"
 
 
-def start_server(data_dir: Path, engine: Any, **env: str) -> AppServer:
-    server = AppServer(
-        data_dir,
-        {
-            "OCR_ENGINE": "openai",
-            "LLM_BASE_URL": engine.base_url,
-            "OCR_ENGINE_IDLE_TIMEOUT": "10",
-            "OCR_ENGINE_FIRST_TOKEN_TIMEOUT": "20",
-            "OCR_USER_MAX_RUNNING_JOBS": "0",
-            "OCR_USER_DAILY_PAGES": "0",
-            "OCR_WORKER_HEARTBEAT_SECONDS": "1",
-            "OCR_LIVE_FLUSH_SECONDS": "0.1",
-            **env,
-        },
-    )
-    server.start()
-    return server
+def fault_env(engine: Any, **env: str) -> dict[str, str]:
+    """The servers of this module: no per-user limits, heartbeats every second, partial text flushed often."""
+    return {
+        "OCR_ENGINE": "openai",
+        "LLM_BASE_URL": engine.base_url,
+        "OCR_ENGINE_IDLE_TIMEOUT": "10",
+        "OCR_ENGINE_FIRST_TOKEN_TIMEOUT": "20",
+        "OCR_USER_MAX_RUNNING_JOBS": "0",
+        "OCR_USER_DAILY_PAGES": "0",
+        "OCR_WORKER_HEARTBEAT_SECONDS": "1",
+        "OCR_LIVE_FLUSH_SECONDS": "0.1",
+        **env,
+    }
 
 
 @dataclass
@@ -190,8 +173,8 @@ def assert_ledger_matches_stream(job: dict[str, Any], frames: list[dict[str, Any
 
 
 @pytest.fixture(scope="module")
-def server(fake_vllm_server, tmp_path_factory) -> Iterator[AppServer]:
-    app = start_server(tmp_path_factory.mktemp("faults"), fake_vllm_server, OCR_PAGE_CONCURRENCY="8")
+def server(fake_vllm_server, module_app_server: AppServers) -> Iterator[AppServer]:
+    app = module_app_server(fault_env(fake_vllm_server, OCR_PAGE_CONCURRENCY="8"), name="faults")
     app.token = app.register_and_login("fran")
     yield app
     app.stop()
@@ -229,34 +212,43 @@ def test_an_engine_flapping_during_a_50_page_pdf_loses_nothing_that_was_read(ser
 # --- an engine slower than the clients --------------------------------------------------------------------
 
 
-def test_an_engine_slower_than_the_clients_keeps_memory_bounded(tmp_path):
+def test_an_engine_slower_than_the_clients_keeps_memory_bounded(app_server: AppServers):
     """500 pages queued behind an engine that takes two at a time: pages wait unrendered, the engine never gets
     more than the app's limit, and the server's memory stays far below what rendering them all would take."""
     with FakeVllm.run_in_thread(max_concurrency=2, tokens=40, token_delay=0.01, first_token_delay=0.1) as engine:
-        app = start_server(tmp_path, engine, OCR_ENGINE_CONCURRENCY="6", OCR_PAGE_CONCURRENCY="8")
+        app = app_server(fault_env(engine, OCR_ENGINE_CONCURRENCY="6", OCR_PAGE_CONCURRENCY="8"), name="slow-engine")
         try:
             token = app.register_and_login("gil")
             baseline = rss_bytes(app.process.pid)
             peak = baseline
             waiting_seen = 0.0
 
-            async def load() -> None:
+            def sample() -> bool:
+                """One reading of the server's memory and waiting pages; true once the load has run long enough:
+                most pages wait while the engine reads twenty of them."""
                 nonlocal peak, waiting_seen
+                peak = max(peak, rss_bytes(app.process.pid))
+                waiting_seen = max(waiting_seen, gauges(app).get("ocr_pages_waiting", 0))
+                return waiting_seen >= 100 and engine.stats["completed"] >= 20
+
+            async def load() -> None:
                 pdf = make_numbered_pdf(25)
                 clients = [asyncio.create_task(ndjson_request(app, token, "pdf", pdf)) for _ in range(20)]
-                deadline = time.monotonic() + 6
-                while time.monotonic() < deadline:
-                    peak = max(peak, rss_bytes(app.process.pid))
-                    waiting_seen = max(waiting_seen, (await asyncio.to_thread(gauges, app)).get("ocr_pages_waiting", 0))
-                    await asyncio.sleep(0.1)  # the sampling interval of the measurement
+                await asyncio.to_thread(
+                    wait_until,
+                    sample,
+                    timeout=90,
+                    what="most pages waiting while the engine reads twenty",
+                    interval=0.1,
+                )
                 for client in clients:  # the clients give up: their connections close
                     client.cancel()
                 await asyncio.gather(*clients, return_exceptions=True)
 
             asyncio.run(load())
             stats = engine.stats
-            wait_until(lambda: job_statuses(app).get("running", 0) == 0, 20, "every job has ended")
-            wait_until(lambda: no_leaks(app), 10, "the gauges are back to zero")
+            wait_until(lambda: job_statuses(app).get("running", 0) == 0, timeout=20, what="every job has ended")
+            wait_until(lambda: no_leaks(app), timeout=10, what="the gauges are back to zero")
             engine.wait_for(lambda s: s["in_flight"] == 0, timeout=10)
         finally:
             app.stop()
@@ -298,8 +290,8 @@ def test_many_clients_leaving_at_random_moments_leave_nothing_behind(server, fak
 
     streams = asyncio.run(clients())
 
-    wait_until(lambda: job_statuses(server).get("running", 0) == 0, 20, "every job has ended")
-    wait_until(lambda: no_leaks(server), 10, "the gauges are back to zero")
+    wait_until(lambda: job_statuses(server).get("running", 0) == 0, timeout=20, what="every job has ended")
+    wait_until(lambda: no_leaks(server), timeout=10, what="the gauges are back to zero")
     fake.wait_for(lambda stats: stats["in_flight"] == 0, timeout=10)
     jobs = {
         job_id: status
@@ -365,8 +357,8 @@ def test_fifty_jobs_at_once_on_sqlite_never_hit_database_is_locked(server, fake)
         assert stream.status == 200 and assert_contract(stream.frames, "pdf")["status"] == "done"
     wait_until(
         lambda: all(stored_job(server, server.token, job_id)["status"] != "running" for job_id in live_ids),
-        30,
-        "the live jobs have ended",
+        timeout=30,
+        what="the live jobs have ended",
     )
     for job_id in live_ids:
         job = stored_job(server, server.token, job_id)
@@ -375,7 +367,7 @@ def test_fifty_jobs_at_once_on_sqlite_never_hit_database_is_locked(server, fake)
     for stream in streams[:5]:
         assert_ledger_matches_stream(stored_job(server, server.token, stream.job_id), stream.frames)
     assert "database is locked" not in server.log()
-    wait_until(lambda: no_leaks(server), 10, "the gauges are back to zero")
+    wait_until(lambda: no_leaks(server), timeout=10, what="the gauges are back to zero")
 
 
 # --- the server restarted in the middle of jobs -----------------------------------------------------------
@@ -397,12 +389,12 @@ def done_pages(server: AppServer) -> int:
     return db_rows(server, "SELECT COUNT(*) FROM ocr_ocrpage WHERE status = 'done'")[0][0]
 
 
-def test_a_killed_server_s_browser_job_resumes_and_its_streaming_jobs_become_interrupted(fake, tmp_path):
+def test_a_killed_server_s_browser_job_resumes_and_its_streaming_jobs_become_interrupted(fake, app_server):
     """A live browser job and three API jobs, two pages of each read and the next ones streaming, when the server
     is killed (SIGKILL: no cleanup at all). The next process resumes the browser job (detached: its upload is
     kept) from its stored pages to the end, and marks the streaming jobs, whose clients went with the process,
     interrupted with what they recorded."""
-    first = start_server(tmp_path, fake, OCR_PAGE_CONCURRENCY="2")
+    first = app_server(fault_env(fake, OCR_PAGE_CONCURRENCY="2"), name="killed")
     token = first.register_and_login("hugo")
     browser = browser_client(first, "hugo")
     fake.set_default(tokens=40, token_delay=0.025)  # about a second a page; ten pages a job, two at a time
@@ -422,7 +414,11 @@ def test_a_killed_server_s_browser_job_resumes_and_its_streaming_jobs_become_int
         streaming = db_rows(first, "SELECT COUNT(*) FROM ocr_ocrpage WHERE status = 'running' AND text != ''")[0][0]
         return len(done) == 4 and min(count for _, count in done) >= 2 and streaming > 0
 
-    wait_until(in_the_middle, 20, "every job has read two pages and the live one stored a running page's text")
+    wait_until(
+        in_the_middle,
+        timeout=20,
+        what="every job has read two pages and the live one stored a running page's text",
+    )
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(10)
     for holder in holders:
@@ -431,12 +427,12 @@ def test_a_killed_server_s_browser_job_resumes_and_its_streaming_jobs_become_int
     fake.reset()
     fake.set_default(tokens=20)
 
-    second = AppServer(tmp_path, first.env)
-    second.log_path = tmp_path / "server-2.log"
-    second.start()
+    second = app_server(first.env, data_dir=first.data_dir, log_name="server-2.log")
     try:
         wait_until(
-            lambda: set(job_statuses(second)) <= {"interrupted", "done"}, 30, "every job ended or was interrupted"
+            lambda: set(job_statuses(second)) <= {"interrupted", "done"},
+            timeout=30,
+            what="every job ended or was interrupted",
         )
         jobs = db_rows(
             second,
@@ -479,9 +475,9 @@ def test_a_killed_server_s_browser_job_resumes_and_its_streaming_jobs_become_int
     assert all(stream and stream[0]["type"] == "start" for stream in frames)
 
 
-def test_a_new_process_never_marks_the_jobs_of_a_live_one(fake, tmp_path):
+def test_a_new_process_never_marks_the_jobs_of_a_live_one(fake, app_server):
     fake.set_default(tokens=20)
-    first = start_server(tmp_path, fake)
+    first = app_server(fault_env(fake), name="live-first")
     token = first.register_and_login("ida")
     fake.push_script({"first_token_delay": 6})
 
@@ -491,15 +487,13 @@ def test_a_new_process_never_marks_the_jobs_of_a_live_one(fake, tmp_path):
     async def scenario() -> tuple[Stream, list[tuple]]:
         job = asyncio.create_task(slow_job())
         await asyncio.to_thread(
-            wait_until, lambda: fake.stats["in_flight"] == 1, 10, "the slow page reached the engine"
+            wait_until, lambda: fake.stats["in_flight"] == 1, timeout=10, what="the slow page reached the engine"
         )
-        second = AppServer(tmp_path, first.env)
-        second.log_path = tmp_path / "server-2.log"
-        await asyncio.to_thread(second.start)
+        second = await asyncio.to_thread(app_server, first.env, data_dir=first.data_dir, log_name="server-2.log")
         try:
             # Its first heartbeat (and recovery) runs at start; a few more pass while the job still runs.
             await asyncio.to_thread(
-                wait_until, lambda: second.log().count("heartbeat every") >= 1, 10, "second started"
+                wait_until, lambda: second.log().count("heartbeat every") >= 1, timeout=10, what="second started"
             )
             await asyncio.to_thread(
                 wait_until,
@@ -508,8 +502,8 @@ def test_a_new_process_never_marks_the_jobs_of_a_live_one(fake, tmp_path):
                     and db_rows(second, "SELECT MIN(heartbeat_at) FROM ocr_worker")[0][0]
                     > db_rows(second, "SELECT MAX(started_at) FROM ocr_worker")[0][0]
                 ),
-                10,
-                "both processes have heartbeats after the second started",
+                timeout=10,
+                what="both processes have heartbeats after the second started",
             )
             during = db_rows(second, "SELECT status FROM ocr_ocrjob")
         finally:

@@ -31,8 +31,6 @@ from schemathesis.transport.serialization import Binary
 from myocr.openapi import NDJSON, document
 from testing.documents import SAMPLES, make_numbered_pdf
 
-from .production import production_server
-
 pytestmark = [pytest.mark.slow]
 
 #: Examples per operation and generation mode (positive, negative); FUZZ_EXAMPLES=200 for a longer run.
@@ -70,18 +68,19 @@ def flatmap_body(context: Any, body: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def server(fake_vllm_server, tmp_path_factory):
+def server(fake_vllm_server, module_app_server):
     fake_vllm_server.reset()
     fake_vllm_server.set_default(tokens=20)
-    app = production_server(
-        tmp_path_factory.mktemp("fuzz-server"),
-        https_proxy=False,
-        OCR_ENGINE="openai",
-        LLM_BASE_URL=fake_vllm_server.base_url,
-        OCR_MAX_UPLOAD_BYTES="1M",
-        LOG_LEVEL="WARNING",
+    app = module_app_server(
+        {
+            "OCR_ENGINE": "openai",
+            "LLM_BASE_URL": fake_vllm_server.base_url,
+            "OCR_MAX_UPLOAD_BYTES": "1M",
+            "LOG_LEVEL": "WARNING",
+        },
+        name="fuzz-server",
+        production=True,
     )
-    app.start()
     token = app.register_and_login("fuzzer")
     yield app, token
     app.stop()

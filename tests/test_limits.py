@@ -24,7 +24,6 @@ from testing.documents import SAMPLES, make_numbered_pdf
 
 from .conftest import PASSWORD, make_user
 from .contract import assert_contract
-from .server import AppServer
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 ledger = pytest.mark.postgres  # the ledger queries: run again on PostgreSQL by `make test-postgres`
@@ -248,15 +247,14 @@ async def test_staff_edit_a_users_limits_in_the_admin(alice):
     assert listing.status_code == 200 and b"0 of 3 jobs running" in listing.content
 
 
-def test_concurrent_uploads_of_one_user_never_exceed_the_limit(fake_vllm_server, tmp_path):
+def test_concurrent_uploads_of_one_user_never_exceed_the_limit(fake_vllm_server, app_server):
     """Ten uploads at once against a real server on SQLite: exactly the limit is admitted, the rest get 429."""
     fake_vllm_server.reset()
     fake_vllm_server.set_default(tokens=20, first_token_delay=1.0)
-    server = AppServer(
-        tmp_path,
+    server = app_server(
         {"OCR_ENGINE": "openai", "LLM_BASE_URL": fake_vllm_server.base_url, "OCR_USER_MAX_RUNNING_JOBS": "3"},
+        name="user-limit",
     )
-    server.start()
     try:
         token = server.register_and_login("una")
 
@@ -341,15 +339,15 @@ async def test_signed_in_users_jobs_record_no_client_address(settings, fake_vllm
     assert (await OcrJob.objects.aget(owner=alice)).client_address == ""
 
 
-def test_with_auth_off_fifteen_simultaneous_uploads_from_fifteen_clients_all_stream(fake_vllm_server, tmp_path):
+def test_with_auth_off_fifteen_simultaneous_uploads_from_fifteen_clients_all_stream(fake_vllm_server, app_server):
     """The original's default (AUTH_ENABLED=false) against a real server with the default limits: fifteen clients
     on fifteen loopback addresses upload at once, and every one is streaming while all the others are too."""
     import threading
 
     fake_vllm_server.reset()
     fake_vllm_server.set_default(tokens=10, token_delay=0.02)
-    server = AppServer(
-        tmp_path, {"OCR_ENGINE": "openai", "LLM_BASE_URL": fake_vllm_server.base_url, "AUTH_ENABLED": "false"}
+    server = app_server(
+        {"OCR_ENGINE": "openai", "LLM_BASE_URL": fake_vllm_server.base_url, "AUTH_ENABLED": "false"}, name="auth-off"
     )
     clients = 15
     all_streaming = threading.Barrier(clients, timeout=60)
@@ -369,7 +367,6 @@ def test_with_auth_off_fifteen_simultaneous_uploads_from_fifteen_clients_all_str
             frames += [json.loads(line) for line in lines if line]
             return frames
 
-    server.start()
     try:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -510,23 +507,16 @@ def redis_url() -> str:
     client.flushdb()
 
 
-def test_with_redis_the_sign_in_limit_holds_across_processes(fake_vllm_server, tmp_path, redis_url):
+def test_with_redis_the_sign_in_limit_holds_across_processes(fake_vllm_server, app_server, redis_url):
     env = {"REDIS_URL": redis_url, "OCR_LOGIN_MAX_FAILURES": "4"}
-    first = AppServer(tmp_path, env)
-    first.start()
-    second = AppServer(tmp_path, env)
-    second.log_path = tmp_path / "server-2.log"
-    second.start()
-    try:
-        first.register_and_login("vera")
-        statuses = [
-            httpx.post(f"{server.url}/api/auth/token", data={"username": "vera", "password": "wrong"}).status_code
-            for server in (first, second, first, second, first)
-        ]
-        right = httpx.post(f"{second.url}/api/auth/token", data={"username": "vera", "password": PASSWORD})
-    finally:
-        first.stop()
-        second.stop()
+    first = app_server(env, name="redis-limit")
+    second = app_server(env, data_dir=first.data_dir, log_name="server-2.log")
+    first.register_and_login("vera")
+    statuses = [
+        httpx.post(f"{server.url}/api/auth/token", data={"username": "vera", "password": "wrong"}).status_code
+        for server in (first, second, first, second, first)
+    ]
+    right = httpx.post(f"{second.url}/api/auth/token", data={"username": "vera", "password": PASSWORD})
 
     assert statuses == [401, 401, 401, 401, 429]
     assert right.status_code == 429

@@ -13,7 +13,6 @@ import pytest
 from testing.documents import accuracy_set
 
 from .conftest import PASSWORD
-from .server import AppServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -25,12 +24,10 @@ def close_thread_connections():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    app = AppServer(tmp_path_factory.mktemp("local-browser-server"), {"OCR_ENGINE": "local"})
-    app.start()
+def server(module_app_server):
+    app = module_app_server({"OCR_ENGINE": "local"}, name="local-browser-server")
     app.register_and_login("erin")
-    yield app
-    app.stop()
+    return app
 
 
 @pytest.fixture

@@ -23,8 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from testing.documents import SAMPLES, make_numbered_pdf
-
-from .monitoring_support import (
+from testing.monitoring import (
     DASHBOARDS,
     DATASOURCE_UID,
     MONITORING,
@@ -39,7 +38,10 @@ from .monitoring_support import (
     panels,
     tool,
 )
-from .server import AppServer, free_port
+from testing.servers import AppServer, free_port
+from testing.waiting import wait_until
+
+from .conftest import AppServers
 
 pytestmark = pytest.mark.slow
 SCHEMA_CHECK = MONITORING / "grafana" / "schema-check"
@@ -422,9 +424,8 @@ def fake(fake_vllm_server: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def app(fake: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
-    server = AppServer(
-        tmp_path_factory.mktemp("monitored"),
+def app(fake: Any, module_app_server: AppServers) -> AppServer:
+    return module_app_server(
         {
             "OCR_ENGINE": "openai",
             "LLM_BASE_URL": fake.base_url,
@@ -432,10 +433,8 @@ def app(fake: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServ
             "OCR_PAGE_CONCURRENCY": "3",
             "OCR_ENGINE_IDLE_TIMEOUT": "5",
         },
+        name="monitored",
     )
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -604,11 +603,10 @@ def test_alert_rules_load_and_evaluate_in_prometheus(prometheus: Prometheus) -> 
 
 
 def test_stream_of_known_duration_is_timed_to_its_last_byte(app: AppServer, fake: Any, user_token: str) -> None:
-    """A 1.5 s stream appears in the duration histogram as 1.5 s, although its headers (the view's return)
-    came at once."""
+    """A stream the engine takes at least 1.5 s to produce (15 tokens 0.1 s apart) appears in the duration
+    histogram as that long, although its first byte (the view's return) came before the engine's first token."""
     fake.push_script({"tokens": 15, "token_delay": 0.1})
     before = scrape_app(app)
-    started = time.perf_counter()
     with httpx.stream(
         "POST",
         f"{app.url}/api/ocr/image",
@@ -616,10 +614,8 @@ def test_stream_of_known_duration_is_timed_to_its_last_byte(app: AppServer, fake
         headers={"Authorization": f"Bearer {user_token}"},
         timeout=30,
     ) as response:
-        headers_after = time.perf_counter() - started
         for _ in response.iter_bytes():
             pass
-    duration = time.perf_counter() - started
     after = scrape_app(app)
     labels = (("method", "POST"), ("path", "/api/ocr/image"))
 
@@ -627,44 +623,24 @@ def test_stream_of_known_duration_is_timed_to_its_last_byte(app: AppServer, fake
         key = (name, tuple(sorted(labels + extra)))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    assert duration > 1.4 and headers_after < 0.5, (duration, headers_after)
     assert delta("http_request_duration_seconds_count") == 1
     recorded = delta("http_request_duration_seconds_sum")
-    assert duration - 0.25 <= recorded <= duration, (recorded, duration)
+    first_byte = delta("http_time_to_first_byte_seconds_sum")
+    assert recorded >= 1.4, recorded  # the fake engine cannot be faster than its delays
+    assert recorded - first_byte >= 1.3, (recorded, first_byte)  # the tokens came after the first byte
     assert delta("http_request_duration_seconds_bucket", (("le", "1.0"),)) == 0
-    assert delta("http_request_duration_seconds_bucket", (("le", "2.5"),)) == 1
-    assert delta("http_time_to_first_byte_seconds_sum") < 0.5
+    assert delta("http_request_duration_seconds_bucket", (("le", "+Inf"),)) == 1
 
 
 # --- several processes ------------------------------------------------------------------------------------
 
 
-def test_several_daphne_processes_report_one_set_of_metrics(fake: Any, tmp_path: Path) -> None:
+def test_several_daphne_processes_report_one_set_of_metrics(fake: Any, app_server: AppServers) -> None:
     """deploy/serve.py runs two Daphne processes on one socket; any scrape reports what both did."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DEBUG": "true",
-        "SECRET_KEY": "multiprocess-test-secret-key-0123456789",
-        "OCR_DATA_DIR": str(tmp_path),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "OCR_WARMUP": "false",
-        "OCR_ENGINE": "openai",
-        "LLM_BASE_URL": fake.base_url,
-        "WEB_CONCURRENCY": "2",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
-    migrate_env = {key: value for key, value in env.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=migrate_env, check=True)
-    log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "deploy/serve.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = app_server({"OCR_ENGINE": "openai", "LLM_BASE_URL": fake.base_url}, name="multiprocess", workers=2)
+    url = server.url
+    metrics = Path(server.env["PROMETHEUS_MULTIPROC_DIR"])
     try:
-        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, 30)
         httpx.post(f"{url}/api/auth/register", json={"username": "multi", "password": "correct horse battery"})
         token = httpx.post(
             f"{url}/api/auth/token", data={"username": "multi", "password": "correct horse battery"}
@@ -673,7 +649,7 @@ def test_several_daphne_processes_report_one_set_of_metrics(fake: Any, tmp_path:
         with ThreadPoolExecutor(max_workers=8) as pool:
             streams = [pool.submit(ocr_url, url, token, png) for _ in range(16)]
             assert all(stream.result() for stream in streams)
-        pids = {int(m) for m in re.findall(r"_(\d+)\.db", " ".join(os.listdir(tmp_path / "metrics")))}
+        pids = {int(m) for m in re.findall(r"_(\d+)\.db", " ".join(os.listdir(metrics)))}
         assert len(pids) == 2, f"both workers should have served requests: {pids}"
         scrapes = [scrape_url(url) for _ in range(8)]
         for sample in scrapes:
@@ -683,12 +659,15 @@ def test_several_daphne_processes_report_one_set_of_metrics(fake: Any, tmp_path:
         # A worker that dies is replaced; what it counted stays, its live gauges go.
         dead = min(pids)
         os.kill(dead, signal.SIGKILL)
-        wait_until(lambda: not (tmp_path / "metrics" / f"gauge_livesum_{dead}.db").exists(), 15)
+        wait_until(
+            lambda: not (metrics / f"gauge_livesum_{dead}.db").exists(),
+            timeout=15,
+            what="the dead worker's live gauges are gone",
+        )
         assert scrape_url(url)[("ocr_requests_total", (("kind", "image"),))] == 16
     finally:
-        server.terminate()
-        server.wait(20)
-    assert server.returncode == 0
+        server.stop()
+    assert server.process.returncode == 0
 
 
 def ocr_url(url: str, token: str, png: bytes) -> bool:
@@ -708,16 +687,3 @@ def scrape_url(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
         for family in text_string_to_metric_families(body)
         for sample in family.samples
     }
-
-
-def wait_until(predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except (httpx.TransportError, KeyError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.1)  # polling interval, bounded by the deadline

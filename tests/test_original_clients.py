@@ -13,21 +13,21 @@ import httpx
 import pytest
 
 from testing.documents import SAMPLES, make_numbered_pdf
+from testing.servers import AppServer
 
-from .server import AppServer
+from .conftest import AppServers
 
 pytestmark = pytest.mark.slow
 PASSWORD = "original-client-password"
 
 
 @pytest.fixture(scope="module")
-def server(fake_vllm_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+def server(fake_vllm_server: Any, module_app_server: AppServers) -> Iterator[AppServer]:
     fake_vllm_server.reset()
     fake_vllm_server.set_default(tokens=8)
-    app = AppServer(
-        tmp_path_factory.mktemp("original-clients"), {"OCR_ENGINE": "openai", "LLM_BASE_URL": fake_vllm_server.base_url}
+    app = module_app_server(
+        {"OCR_ENGINE": "openai", "LLM_BASE_URL": fake_vllm_server.base_url}, name="original-clients"
     )
-    app.start()
     yield app
     app.stop()
     fake_vllm_server.reset()

@@ -1,4 +1,4 @@
-"""The pipeline's guarantees with a small scripted engine (the one seam faked here), and the transports."""
+"""The pipeline's guarantees with a small scripted engine (the one seam faked here)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from ocr.errors import EngineError
 from ocr.models import OcrJob, OcrPage
 from ocr.pipeline import JobRun
 from ocr.services import job_create
-from ocr.transports import encode_ndjson, merge_deltas
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 
@@ -158,63 +157,3 @@ async def test_an_engine_that_resets_a_pages_text_leaves_only_the_new_text(alice
     assert deltas[-1] == {"type": "page_delta", "page": 1, "delta": "clean", "reset": True}
     page = await OcrPage.objects.aget(job=run.job, number=1)
     assert page.text == "clean" and page.completion_chars == 5
-
-
-def test_a_reset_delta_drops_what_came_before_it_in_the_batch():
-    batch = [
-        {"type": "page_delta", "page": 1, "delta": "a"},
-        {"type": "page_delta", "page": 2, "delta": "x"},
-        {"type": "page_delta", "page": 1, "delta": "new", "reset": True},
-        {"type": "page_delta", "page": 1, "delta": "er"},
-    ]
-
-    assert merge_deltas(batch) == [
-        {"type": "page_delta", "page": 1, "delta": "newer", "reset": True},
-        {"type": "page_delta", "page": 2, "delta": "x"},
-    ]
-    assert encode_ndjson(batch, "image").decode().splitlines() == [
-        '{"type":"delta","delta":"newer","reset":true}',
-        '{"type":"delta","delta":"x"}',
-    ]
-
-
-def test_merging_keeps_each_pages_text_in_order():
-    batch = [
-        {"type": "page_start", "page": 1},
-        {"type": "page_delta", "page": 1, "delta": "a"},
-        {"type": "page_delta", "page": 2, "delta": "x"},
-        {"type": "page_delta", "page": 1, "delta": "b"},
-        {"type": "page_end", "page": 1},
-        {"type": "page_delta", "page": 2, "delta": "y"},
-    ]
-
-    assert merge_deltas(batch) == [
-        {"type": "page_start", "page": 1},
-        {"type": "page_delta", "page": 1, "delta": "ab"},
-        {"type": "page_delta", "page": 2, "delta": "x"},
-        {"type": "page_end", "page": 1},
-        {"type": "page_delta", "page": 2, "delta": "y"},
-    ]
-
-
-def test_image_frames_use_the_image_vocabulary():
-    batch = [
-        {"type": "start", "kind": "image", "job_id": "j", "pages": 1},
-        {"type": "page_start", "page": 1},
-        {"type": "page_delta", "page": 1, "delta": "hé"},
-        {"type": "page_end", "page": 1, "usage": {}},
-        {
-            "type": "end",
-            "status": "done",
-            "job_id": "j",
-            "usage": {"pages": 1, "prompt_tokens": 1},
-            "pages_done": 1,
-            "pages_failed": 0,
-        },
-    ]
-
-    assert encode_ndjson(batch, "image").decode().splitlines() == [
-        '{"type":"start","kind":"image","job_id":"j"}',
-        '{"type":"delta","delta":"hé"}',
-        '{"type":"end","status":"done","job_id":"j","usage":{"prompt_tokens":1}}',
-    ]

@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from testing.documents import SAMPLES, make_numbered_pdf
+from testing.servers import AppServer, WorkerProcess, free_port
+from testing.waiting import wait_until
 
 from .contract import streamed_text
-from .server import AppServer, WorkerProcess, free_port
-from .test_faults import wait_until
 from .test_webhooks import Receiver
 
 POSTGRES = "postgres://postgres@127.0.0.1:5432"
@@ -235,8 +235,8 @@ def test_a_worker_killed_in_the_middle_of_a_pdf_loses_nothing_and_counts_nothing
         lambda: (
             cluster.rows("SELECT COUNT(*) FROM ocr_ocrpage WHERE job_id = %s AND status = 'done'", job_id)[0][0] >= 10
         ),
-        60,
-        "ten pages stored",
+        timeout=60,
+        what="ten pages stored",
     )
     first.kill()
     # The state at the kill: pages stored, and engine requests sent (each for a stored page or one in flight).
@@ -317,7 +317,7 @@ def test_a_helper_killed_in_the_middle_of_a_pdf_loses_nothing_and_counts_nothing
             "SELECT COUNT(*) FROM ocr_ocrpage WHERE job_id = %s AND status = 'done' AND runner <> %s", job_id, lead
         )[0][0]
 
-    wait_until(lambda: helper_pages() >= 5, 60, "the helper stored five pages")
+    wait_until(lambda: helper_pages() >= 5, timeout=60, what="the helper stored five pages")
     lead = sharing.rows("SELECT worker FROM ocr_ocrjob WHERE id = %s", job_id)[0][0]
     [helper] = [worker for worker in workers if worker.id != lead]
     helper.kill()
@@ -337,11 +337,13 @@ def test_cancel_stops_every_worker_reading_a_shared_pdf(sharing, fake):
     token = server.register_and_login("rune")
     fake.set_default(tokens=400, token_delay=0.05, first_token_delay=0.01)  # 20 s a page: still running
     [entry] = submit(server, token, ("slow.pdf", make_numbered_pdf(40)))
-    wait_until(lambda: fake.stats["in_flight"] >= 8, 30, "both workers stream four pages each")
+    wait_until(lambda: fake.stats["in_flight"] >= 8, timeout=30, what="both workers stream four pages each")
     response = httpx.post(f"{server.url}/api/jobs/{entry['job_id']}/cancel", headers=auth(token))
     assert response.status_code == 202, response.text
-    wait_until(lambda: fake.stats["in_flight"] == 0, 10, "every engine request stopped")
-    wait_until(lambda: job(server, token, entry["job_id"])["status"] == "cancelled", 10, "the job is cancelled")
+    wait_until(lambda: fake.stats["in_flight"] == 0, timeout=10, what="every engine request stopped")
+    wait_until(
+        lambda: job(server, token, entry["job_id"])["status"] == "cancelled", timeout=10, what="the job is cancelled"
+    )
     statuses = dict(
         sharing.rows("SELECT status, COUNT(*) FROM ocr_ocrpage WHERE job_id = %s GROUP BY status", entry["job_id"])
     )
@@ -367,11 +369,13 @@ def test_cancel_from_the_other_server_stops_the_worker_s_engine_requests(cluster
     token = first.register_and_login("tove")
     fake.set_default(tokens=400, token_delay=0.05, first_token_delay=0.01)  # 20 s a page: still running
     [entry] = submit(first, token, ("slow.pdf", make_numbered_pdf(8)))
-    wait_until(lambda: fake.stats["in_flight"] >= 4, 30, "the worker streams four pages")
+    wait_until(lambda: fake.stats["in_flight"] >= 4, timeout=30, what="the worker streams four pages")
     response = httpx.post(f"{second.url}/api/jobs/{entry['job_id']}/cancel", headers=auth(token))
     assert response.status_code == 202, response.text
-    wait_until(lambda: fake.stats["in_flight"] == 0, 10, "the engine requests stopped")
-    wait_until(lambda: job(first, token, entry["job_id"])["status"] == "cancelled", 10, "the job is cancelled")
+    wait_until(lambda: fake.stats["in_flight"] == 0, timeout=10, what="the engine requests stopped")
+    wait_until(
+        lambda: job(first, token, entry["job_id"])["status"] == "cancelled", timeout=10, what="the job is cancelled"
+    )
     again = httpx.post(f"{second.url}/api/jobs/{entry['job_id']}/cancel", headers=auth(token))
     assert again.status_code == 409 and again.json()["error"]["code"] == "job_finished"
 
@@ -471,7 +475,7 @@ def test_a_worker_sends_the_webhook_of_the_job_it_ran(tmp_path, database, fake):
         assert response.status_code == 202, response.text
         job_id = response.json()["jobs"][0]["job_id"]
         assert events(server, token, job_id)[-1]["status"] == "done"
-        wait_until(lambda: receiver.received, 30, "the webhook arrived")
+        wait_until(lambda: receiver.received, timeout=30, what="the webhook arrived")
         [(_headers, body, status)] = receiver.received
         assert status == 200 and json.loads(body)["job"]["id"] == job_id
         assert cluster.rows("SELECT worker FROM ocr_ocrjob WHERE id = %s", job_id)[0][0] == worker.id

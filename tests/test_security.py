@@ -32,10 +32,10 @@ from accounts.tokens import token_create
 from ocr.models import JobStatus, OcrJob, WebhookAttempt, WebhookDelivery
 from ocr.services import PageOutcome, _close_job, _create_job, _record_page
 from testing.documents import SAMPLES, make_numbered_pdf
+from testing.production import SECRET_KEY
+from testing.servers import ROOT
 
 from .conftest import PASSWORD, Api, make_user
-from .production import SECRET_KEY, production_server
-from .server import ROOT
 
 PNG = SAMPLES["short"].render()
 LOGIN = "/accounts/login/"
@@ -482,20 +482,20 @@ def test_check_deploy_still_sees_what_production_settings_must_not_lose():
 
 
 @pytest.fixture(scope="module")
-def https_server(fake_vllm_server, tmp_path_factory):
+def https_server(fake_vllm_server, module_app_server):
     """Production settings behind a TLS proxy, logging everything (DEBUG level) for the secrets test."""
-    app = production_server(
-        tmp_path_factory.mktemp("https-server"),
+    return module_app_server(
+        {
+            "OCR_ENGINE": "openai",
+            "LLM_BASE_URL": fake_vllm_server.base_url,
+            "LLM_API_KEY": "engine-api-key-d41d8cd98f00",
+            "METRICS_TOKEN": "metrics-token-0cc175b9c0f1",
+            "LOG_LEVEL": "DEBUG",
+        },
+        name="https-server",
+        production=True,
         https_proxy=True,
-        OCR_ENGINE="openai",
-        LLM_BASE_URL=fake_vllm_server.base_url,
-        LLM_API_KEY="engine-api-key-d41d8cd98f00",
-        METRICS_TOKEN="metrics-token-0cc175b9c0f1",
-        LOG_LEVEL="DEBUG",
     )
-    app.start()
-    yield app
-    app.stop()
 
 
 HTTPS = {"X-Forwarded-Proto": "https"}

@@ -9,7 +9,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,9 +16,10 @@ import pytest
 
 from ocr.webhooks import InvalidCallbackUrl, check_url, resolve, signature
 from testing.documents import SAMPLES, make_numbered_pdf
+from testing.servers import AppServer
+from testing.waiting import wait_until
 
-from .server import AppServer
-from .test_faults import wait_until
+from .conftest import AppServers
 
 PNG = SAMPLES["short"].render()
 
@@ -61,10 +61,9 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def server(tmp_path: Path, fake: Any) -> Iterator[AppServer]:
+def server(app_server: AppServers, fake: Any) -> AppServer:
     fake.set_default(tokens=10, token_delay=0.005, first_token_delay=0.01)
-    server = AppServer(
-        tmp_path,
+    return app_server(
         {
             "OCR_ENGINE": "openai",
             "LLM_BASE_URL": fake.base_url,
@@ -72,10 +71,8 @@ def server(tmp_path: Path, fake: Any) -> Iterator[AppServer]:
             "OCR_WEBHOOK_RETRY_SECONDS": "0.2",
             "OCR_WEBHOOK_TIMEOUT_SECONDS": "2",
         },
+        name="webhooks",
     )
-    server.start()
-    yield server
-    server.stop()
 
 
 def auth(token: str) -> dict[str, str]:
@@ -92,7 +89,7 @@ def test_a_webhook_arrives_once_signed_and_is_retried_after_a_500(server, receiv
     )
     assert response.status_code == 202, response.text
     job_id = response.json()["jobs"][0]["job_id"]
-    wait_until(lambda: len(receiver.received) >= 2, 30, "the webhook was retried after the 500")
+    wait_until(lambda: len(receiver.received) >= 2, timeout=30, what="the webhook was retried after the 500")
     secret = httpx.get(f"{server.url}/api/users/me/webhook", headers=auth(token)).json()["secret"]
     assert [status for _headers, _body, status in receiver.received] == [500, 200]
     for headers, body, _status in receiver.received:
@@ -150,23 +147,19 @@ def test_a_host_name_that_resolves_to_loopback_is_refused(settings):
         resolve("http://localhost:8080/hook")
 
 
-def test_the_submission_refuses_an_internal_callback_and_keeps_nothing(tmp_path, fake):
-    server = AppServer(tmp_path, {"OCR_ENGINE": "openai", "LLM_BASE_URL": fake.base_url})
-    server.start()
-    try:
-        token = server.register_and_login("abel")
-        response = httpx.post(
-            f"{server.url}/api/jobs",
-            headers=auth(token),
-            data={"callback_url": "http://127.0.0.1:9/hook"},
-            files=[("file", ("a.png", PNG))],
-        )
-        assert response.status_code == 400
-        assert response.json()["error"]["code"] == "invalid_callback_url"
-        listed = httpx.get(f"{server.url}/api/jobs", headers=auth(token)).json()
-        assert listed["total"] == 0
-    finally:
-        server.stop()
+def test_the_submission_refuses_an_internal_callback_and_keeps_nothing(app_server, fake):
+    server = app_server({"OCR_ENGINE": "openai", "LLM_BASE_URL": fake.base_url}, name="webhooks-refused")
+    token = server.register_and_login("abel")
+    response = httpx.post(
+        f"{server.url}/api/jobs",
+        headers=auth(token),
+        data={"callback_url": "http://127.0.0.1:9/hook"},
+        files=[("file", ("a.png", PNG))],
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_callback_url"
+    listed = httpx.get(f"{server.url}/api/jobs", headers=auth(token)).json()
+    assert listed["total"] == 0
 
 
 def test_signature_format():

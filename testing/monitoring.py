@@ -7,8 +7,7 @@ import json
 import re
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,9 @@ import httpx
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from .servers import ROOT
+from .waiting import wait_until
+
 MONITORING = ROOT / "monitoring"
 PROVISIONING = MONITORING / "grafana" / "provisioning"
 DASHBOARDS = PROVISIONING / "dashboards"
@@ -163,20 +164,22 @@ class Prometheus:
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else None
 
-    def wait(self, predicate: Any, timeout: float, what: str) -> None:
-        """Poll ``predicate`` until it holds, failing after ``timeout`` seconds (never a fixed sleep)."""
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> None:
+        """Poll ``predicate`` until it holds (a dead Prometheus fails at once)."""
+
+        def alive_and_holds() -> Any:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"prometheus exited:\n{self.log()[-3000:]}")
-            try:
-                if predicate():
-                    return
-            except (httpx.TransportError, AssertionError, KeyError, IndexError) as exc:
-                last_error = exc
-            time.sleep(0.2)  # polling interval, bounded by the deadline
-        raise TimeoutError(f"prometheus: not {what} after {timeout} s ({last_error})\n{self.log()[-3000:]}")
+            return predicate()
+
+        wait_until(
+            alive_and_holds,
+            timeout=timeout,
+            what=f"prometheus: {what}",
+            interval=0.2,
+            retry_on=(httpx.TransportError, AssertionError, KeyError, IndexError),
+            details=lambda: self.log()[-3000:],
+        )
 
 
 def loopback_prometheus_config(

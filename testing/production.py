@@ -3,14 +3,11 @@ security tests: headers, cookies and the Content-Security-Policy are those a dep
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from .server import ROOT, AppServer
+from .servers import AppServer
 
-SECRET_KEY = "production-like-test-key-5b1e0c7f9a2d4e6b8c0a1f3e5d7b9c2a4e6f8b0d"
+SECRET_KEY = "production-like-test-key-5b1e0c7f9a2d4e6b8c0a1f3e5d7b9c2a4e6f8b0d"  # noqa: S105
 
 
 def production_env(data_dir: Path, *, https_proxy: bool) -> dict[str, str]:
@@ -33,21 +30,18 @@ def production_env(data_dir: Path, *, https_proxy: bool) -> dict[str, str]:
 
 def production_server(data_dir: Path, *, https_proxy: bool, **env: str) -> AppServer:
     """Collect the static files and return the server (not started yet)."""
-    full_env = {**production_env(data_dir, https_proxy=https_proxy), **env}
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
-        cwd=ROOT,
-        env={**os.environ, "OCR_DATA_DIR": str(data_dir), **full_env},
-        check=True,
-    )
-    return AppServer(data_dir, full_env)
+    server = AppServer(data_dir, {**production_env(data_dir, https_proxy=https_proxy), **env})
+    server.manage("collectstatic", "--noinput", "-v0")
+    return server
 
 
 def create_superuser(server: AppServer, username: str, password: str) -> None:
-    subprocess.run(
-        [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", username, "--email", ""],
-        cwd=ROOT,
-        env={**server.env, "DJANGO_SUPERUSER_PASSWORD": password},
-        check=True,
-        capture_output=True,
+    server.manage(
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        username,
+        "--email",
+        "",
+        env={"DJANGO_SUPERUSER_PASSWORD": password},
     )
