@@ -13,9 +13,9 @@ import pytest
 from playwright.sync_api import expect
 
 from testing.documents import SAMPLES, make_numbered_pdf
+from testing.servers import ROOT
 
 from .conftest import PASSWORD
-from .server import ROOT, AppServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -33,20 +33,18 @@ def close_thread_connections():
 
 
 @pytest.fixture(scope="module")
-def server(fake_vllm_server, tmp_path_factory):
-    app = AppServer(
-        tmp_path_factory.mktemp("browser-upload-server"),
+def server(fake_vllm_server, module_app_server):
+    app = module_app_server(
         {
             "OCR_ENGINE": "openai",
             "LLM_BASE_URL": fake_vllm_server.base_url,
             "OCR_PAGE_CONCURRENCY": "4",
             "OCR_LIVE_FLUSH_SECONDS": "0.2",
         },
+        name="browser-upload-server",
     )
-    app.start()
     app.register_and_login("erin")
-    yield app
-    app.stop()
+    return app
 
 
 @pytest.fixture

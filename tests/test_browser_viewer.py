@@ -14,9 +14,9 @@ import pytest
 from playwright.sync_api import expect
 
 from testing.documents import make_numbered_pdf
+from testing.servers import ROOT
 
 from .conftest import PASSWORD
-from .server import ROOT, AppServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -33,9 +33,8 @@ def close_thread_connections():
 
 
 @pytest.fixture(scope="module")
-def server(fake_vllm_server, tmp_path_factory):
-    app = AppServer(
-        tmp_path_factory.mktemp("viewer-server"),
+def server(fake_vllm_server, module_app_server):
+    app = module_app_server(
         {
             "OCR_ENGINE": "openai",
             "LLM_BASE_URL": fake_vllm_server.base_url,
@@ -44,11 +43,10 @@ def server(fake_vllm_server, tmp_path_factory):
             "OCR_PDF_TEXT_LAYER": "ocr",
             "OCR_LIVE_FLUSH_SECONDS": "0.2",
         },
+        name="viewer-server",
     )
-    app.start()
     app.register_and_login("vera")
-    yield app
-    app.stop()
+    return app
 
 
 @pytest.fixture(params=SETUPS, ids=[f"{language}-{width}" for language, width, _ in SETUPS])
@@ -337,15 +335,11 @@ def test_cancel_leaves_every_page_cancelled(page, server, fake, setup):
 
 
 @pytest.fixture(scope="module")
-def local_server(tmp_path_factory):
+def local_server(module_app_server):
     """The embedded engine, reading born-digital PDF pages from their text layer: line boxes, no model needed."""
-    app = AppServer(
-        tmp_path_factory.mktemp("viewer-local-server"), {"OCR_ENGINE": "local", "OCR_PDF_TEXT_LAYER": "auto"}
-    )
-    app.start()
+    app = module_app_server({"OCR_ENGINE": "local", "OCR_PDF_TEXT_LAYER": "auto"}, name="viewer-local-server")
     app.register_and_login("vera")
-    yield app
-    app.stop()
+    return app
 
 
 def test_the_embedded_engines_line_boxes_are_linked_to_their_text_too(chromium, local_server):
