@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from testing.documents import make_numbered_pdf
+from testing.production import create_superuser
 from testing.servers import ROOT, AppServer
 
 from .conftest import PASSWORD
@@ -21,6 +22,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 AXE = (ROOT / "testing" / "vendor" / "axe-core" / "axe.min.js").read_text()
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+STAFF_PASSWORD = "staff password for the a11y test 5d2f"
 SIGNED_OUT = ("/accounts/login/", "/accounts/register/")
 SIGNED_IN = ("/", "/jobs/", "/usage/", "/accounts/tokens/", "/accounts/password/")
 VARIANTS = {
@@ -102,3 +104,30 @@ def test_no_page_has_a_serious_accessibility_violation(chromium, server, finishe
     finally:
         context.close()
     assert found == {}, "\n".join(f"{path}:\n  " + "\n  ".join(problems) for path, problems in found.items())
+
+
+def test_the_admin_index_is_accessible_and_its_usage_table_readable(chromium, server, finished_job):
+    """The operators' console: axe finds nothing serious, and the usage table's column headers stay on one line
+    (Django's dashboard styles had broken them into one letter per line)."""
+    create_superuser(server, "a11y-staff", STAFF_PASSWORD)
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    try:
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.goto(f"{server.url}/admin/login/")
+        page.locator("input[name=username]").fill("a11y-staff")
+        page.locator("input[name=password]").fill(STAFF_PASSWORD)
+        page.locator("form:has(input[name=password]) [type=submit]").click()
+        page.wait_for_url(f"{server.url}/admin/")
+        headers = page.locator("#ocr-usage-summary thead th")
+        assert headers.count() == 7
+        font_size = page.evaluate(
+            "() => parseFloat(getComputedStyle(document.querySelector('#ocr-usage-summary thead th')).fontSize)"
+        )
+        heights = [box["height"] for box in (headers.nth(i).bounding_box() for i in range(1, 7)) if box]
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "a11y-admin-index.png"), full_page=True)
+        assert max(heights) < 3 * font_size, (heights, font_size)  # one line of text and the cell's padding
+        assert serious_violations(page) == []
+    finally:
+        context.close()
