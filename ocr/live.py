@@ -595,19 +595,11 @@ def stored_end_frame(job: OcrJob, *, seq: int) -> Event:
     frame: Event = events.end(  # type: ignore[assignment]
         status=job.status,
         job_id=str(job.pk),
-        usage=events.job_usage(
-            prompt_tokens=job.prompt_tokens,
-            completion_tokens=job.completion_tokens,
-            prompt_chars=job.prompt_chars,
-            completion_chars=job.completion_chars,
-            input_bytes=job.input_bytes,
-            pages=job.page_count,
-            estimated=job.usage_estimated,
-        ),
+        usage=job.usage(),
         pages_done=job.pages_done,
         pages_failed=job.pages_failed,
         elapsed_ms=job.duration_ms,
-        error=events.error_detail(job.error_code, job.error_message) if job.error_code else None,
+        error=job.error(),
     )
     frame["seq"] = seq
     return frame

@@ -16,6 +16,7 @@ from django_prometheus.models import ExportModelOperationsMixin
 
 # The status vocabulary lives in ocr/statuses.py (metrics, the OpenAPI document and the tests read it without the
 # models); most callers import it from here, with the models.
+from ocr import events
 from ocr.statuses import JobKind, JobSource, JobStatus, PageStatus
 
 
@@ -142,6 +143,21 @@ class OcrJob(ExportModelOperationsMixin("job"), UsageFields):
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def usage(self) -> events.PdfUsage:
+        """The job's usage as its ``end`` frame and its stored JSON say it."""
+        return events.job_usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            prompt_chars=self.prompt_chars,
+            completion_chars=self.completion_chars,
+            input_bytes=self.input_bytes,
+            pages=self.page_count,
+            estimated=self.usage_estimated,
+        )
+
+    def error(self) -> events.ErrorDetail | None:
+        return events.error_detail(self.error_code, self.error_message) if self.error_code else None
+
 
 class OcrPage(ExportModelOperationsMixin("page"), UsageFields):
     job = models.ForeignKey(OcrJob, on_delete=models.CASCADE, related_name="pages", verbose_name=_("job"))
@@ -191,6 +207,18 @@ class OcrPage(ExportModelOperationsMixin("page"), UsageFields):
 
     def __str__(self) -> str:
         return f"page {self.number} of {self.job_id}"
+
+    def usage(self) -> events.PageUsage:
+        """The page's usage as its ``page_end`` frame and its stored JSON say it."""
+        return events.page_usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            completion_chars=self.completion_chars,
+            estimated=self.usage_estimated,
+        )
+
+    def error(self) -> events.ErrorDetail | None:
+        return events.error_detail(self.error_code, self.error_message) if self.error_code else None
 
 
 class OcrJobEvents(models.Model):

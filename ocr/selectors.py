@@ -68,16 +68,8 @@ def job_as_dict(job: OcrJob, *, pages: list | None = None) -> dict[str, Any]:
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "duration_ms": job.duration_ms,
         "first_delta_ms": job.first_delta_ms,
-        "usage": {
-            "prompt_tokens": job.prompt_tokens,
-            "completion_tokens": job.completion_tokens,
-            "prompt_chars": job.prompt_chars,
-            "completion_chars": job.completion_chars,
-            "input_bytes": job.input_bytes,
-            "pages": job.page_count,
-            "estimated": job.usage_estimated,
-        },
-        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+        "usage": job.usage(),
+        "error": job.error(),
     }
     if pages is not None:
         data["pages_detail"] = [
@@ -86,13 +78,8 @@ def job_as_dict(job: OcrJob, *, pages: list | None = None) -> dict[str, Any]:
                 "status": page.status,
                 "text": page.text,
                 "finish_reason": page.finish_reason or None,
-                "usage": {
-                    "prompt_tokens": page.prompt_tokens,
-                    "completion_tokens": page.completion_tokens,
-                    "completion_chars": page.completion_chars,
-                    "estimated": page.usage_estimated,
-                },
-                "error": {"code": page.error_code, "message": page.error_message} if page.error_code else None,
+                "usage": page.usage(),
+                "error": page.error(),
                 "width": page.width,
                 "height": page.height,
                 "layout": page.layout,
