@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 PENDING_LIFETIME = timedelta(hours=1)
 MAX_PENDING_PER_OWNER = 20
+PENDING_FOLDER = "pending"  # the storage folder of their files (``models.pending_upload_path``)
 
 
 def _owned(owner: AbstractBaseUser, *, now: datetime | None = None):
@@ -149,9 +150,31 @@ def _delete(pendings) -> int:
 
 
 def expire_pending_uploads(now: datetime | None = None) -> int:
-    """Delete the pending uploads older than ``PENDING_LIFETIME`` and their files. Returns how many."""
+    """Delete the pending uploads older than ``PENDING_LIFETIME`` and their files, and the files older than that
+    which no row names (their owner was deleted, or a process stopped between writing a file and its row).
+    Returns how many uploads were deleted."""
     now = now or timezone.now()
-    return _delete(PendingUpload.objects.filter(created_at__lte=now - PENDING_LIFETIME))
+    deleted = _delete(PendingUpload.objects.filter(created_at__lte=now - PENDING_LIFETIME))
+    _delete_orphan_files(before=now - PENDING_LIFETIME)
+    return deleted
+
+
+def _delete_orphan_files(*, before: datetime) -> None:
+    storage = PendingUpload._meta.get_field("data").storage
+    try:
+        _folders, names = storage.listdir(PENDING_FOLDER)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    known = set(PendingUpload.objects.values_list("data", flat=True))
+    for name in names:
+        path = f"{PENDING_FOLDER}/{name}"
+        if path in known:
+            continue
+        try:
+            if storage.get_modified_time(path) < before:
+                storage.delete(path)
+        except OSError:
+            logger.warning("could not delete the orphaned pending upload %s", path)
 
 
 def _discard(*, owner: AbstractBaseUser, ids: Iterable[uuid.UUID]) -> int:

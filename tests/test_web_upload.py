@@ -133,6 +133,21 @@ async def test_a_pending_upload_expires_and_housekeeping_deletes_it(web, alice):
     assert not stored.data.storage.exists(stored.data.name)
 
 
+async def test_housekeeping_deletes_the_files_of_pending_uploads_whose_owner_was_deleted(web, alice):
+    await kept_id(web)
+    stored = await PendingUpload.objects.aget()
+    storage, name = stored.data.storage, stored.data.name
+    await alice.adelete()  # the rows go with their owner; the file stays until housekeeping
+    assert not await PendingUpload.objects.aexists() and storage.exists(name)
+
+    await sync_to_async(pending.expire_pending_uploads)()
+    assert storage.exists(name), "a fresh file is not touched: its row may still be on its way"
+    await sync_to_async(pending.expire_pending_uploads)(
+        timezone.now() + pending.PENDING_LIFETIME + timedelta(seconds=1)
+    )
+    assert not storage.exists(name)
+
+
 async def test_a_new_choice_discards_the_files_checked_before(web, alice):
     first = await kept_id(web)
 
