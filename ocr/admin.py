@@ -11,7 +11,8 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from ocr.models import OcrJob, OcrPage, WebhookAttempt, WebhookDelivery
+from ocr.models import OcrJob, OcrPage, PendingUpload, WebhookAttempt, WebhookDelivery
+from ocr.pending import delete_pending
 
 USAGE_FIELDS = (
     "prompt_tokens",
@@ -195,3 +196,24 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(PendingUpload)
+class PendingUploadAdmin(admin.ModelAdmin):
+    """Files the upload form has checked and keeps for an hour until Start (``ocr/pending.py``). Read-only; deleting
+    one deletes its file too."""
+
+    list_display = ("file_name", "owner", "kind", "page_count", "size", "created_at", "claimed_at")
+    list_filter = ("kind", "created_at", ("owner", admin.RelatedOnlyFieldListFilter))
+    list_select_related = ("owner",)
+    search_fields = ("file_name", "owner__username", "=id")
+    readonly_fields = tuple(field.name for field in PendingUpload._meta.fields)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def delete_model(self, request: HttpRequest, obj: PendingUpload) -> None:
+        delete_pending(PendingUpload.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[PendingUpload]) -> None:
+        delete_pending(queryset)

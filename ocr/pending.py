@@ -29,6 +29,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from ocr.models import PendingUpload
@@ -82,7 +83,7 @@ def _create(*, owner: AbstractBaseUser, data: bytes, file_name: str, kind: str, 
         .values_list("pk", flat=True)[MAX_PENDING_PER_OWNER:]
     )
     if surplus:
-        _delete(PendingUpload.objects.filter(pk__in=surplus))
+        delete_pending(PendingUpload.objects.filter(pk__in=surplus))
     return pending
 
 
@@ -129,13 +130,14 @@ pending_upload_release = sync_to_async(_release)
 
 def _consume(pending: PendingUpload) -> None:
     """A job was made from it: delete it and its file."""
-    _delete(PendingUpload.objects.filter(pk=pending.pk))
+    delete_pending(PendingUpload.objects.filter(pk=pending.pk))
 
 
 pending_upload_consume = sync_to_async(_consume)
 
 
-def _delete(pendings) -> int:
+def delete_pending(pendings: QuerySet[PendingUpload]) -> int:
+    """Delete ``pendings`` and their files. Returns how many rows went."""
     names = list(pendings.values_list("pk", "data"))
     with transaction.atomic():
         deleted, _ = PendingUpload.objects.filter(pk__in=[pk for pk, _name in names]).delete()
@@ -154,7 +156,7 @@ def expire_pending_uploads(now: datetime | None = None) -> int:
     which no row names (their owner was deleted, or a process stopped between writing a file and its row).
     Returns how many uploads were deleted."""
     now = now or timezone.now()
-    deleted = _delete(PendingUpload.objects.filter(created_at__lte=now - PENDING_LIFETIME))
+    deleted = delete_pending(PendingUpload.objects.filter(created_at__lte=now - PENDING_LIFETIME))
     _delete_orphan_files(before=now - PENDING_LIFETIME)
     return deleted
 
@@ -179,7 +181,7 @@ def _delete_orphan_files(*, before: datetime) -> None:
 
 def _discard(*, owner: AbstractBaseUser, ids: Iterable[uuid.UUID]) -> int:
     """Delete the owner's untaken pending uploads among ``ids`` (the form chose other files instead)."""
-    return _delete(_owned(owner).filter(pk__in=list(ids), claimed_at__isnull=True))
+    return delete_pending(_owned(owner).filter(pk__in=list(ids), claimed_at__isnull=True))
 
 
 pending_uploads_discard = sync_to_async(_discard)

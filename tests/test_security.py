@@ -23,13 +23,14 @@ from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
+from django.core.files.base import ContentFile
 from django.test import AsyncClient
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
 from accounts.models import ApiToken, UserLimits
 from accounts.tokens import token_create
-from ocr.models import JobStatus, OcrJob, WebhookAttempt, WebhookDelivery
+from ocr.models import JobStatus, OcrJob, PendingUpload, WebhookAttempt, WebhookDelivery
 from ocr.services import PageOutcome, _close_job, _create_job, _record_page
 from testing.documents import SAMPLES, make_numbered_pdf
 from testing.production import SECRET_KEY
@@ -92,6 +93,9 @@ def build_world() -> World:
         job=world.job, job_finished_at=timezone.now(), url="https://example.com/hook", next_attempt_at=timezone.now()
     )
     WebhookAttempt.objects.create(delivery=delivery, status_code=500, error="HTTP 500")
+    kept = PendingUpload(owner=alice, file_name="kept.png", kind="image", size=4)
+    kept.data.save("kept", ContentFile(b"\x89PNG"), save=False)
+    kept.save()
     return world
 
 
@@ -621,7 +625,9 @@ async def test_a_hostile_file_name_and_prompt_reach_no_path_header_or_page_unesc
     assert frames[0]["file_name"] == job.file_name
     assert re.fullmatch(rf"uploads/\d{{4}}/\d{{2}}/{job.pk}\.png", job.upload.name)
     stored = stored_files(Path(settings.MEDIA_ROOT))
-    assert all(re.fullmatch(r"uploads/\d{4}/\d{2}/[0-9a-f-]{36}\.(png|pdf)", path) for path in stored), stored
+    # Jobs' uploads and the form's checked files alike are named by ids only.
+    names = r"uploads/\d{4}/\d{2}/[0-9a-f-]{36}\.(png|pdf)|pending/[0-9a-f-]{36}\.bin"
+    assert all(re.fullmatch(names, path) for path in stored), stored
     assert fake_vllm.requests[-1]["prompt"].endswith(HOSTILE_PROMPT), "the prompt reaches the engine as data"
 
     client = AsyncClient()

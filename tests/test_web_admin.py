@@ -109,3 +109,21 @@ def test_the_console_is_for_staff_only(alice):
 
     assert client.get("/admin/ocr/ocrjob/").status_code == 302
     assert OcrJob.objects.count() == 0
+
+
+def test_pending_uploads_are_listed_read_only_and_deleting_one_deletes_its_file(admin_client, alice):
+    from django.core.files.base import ContentFile
+
+    from ocr.models import PendingUpload
+
+    pending = PendingUpload(owner=alice, file_name="scan.png", kind="image", size=4)
+    pending.data.save("x", ContentFile(b"\x89PNG"), save=False)
+    pending.save()
+    storage, name = pending.data.storage, pending.data.name
+    listing = admin_client.get("/admin/ocr/pendingupload/").content.decode()
+    assert "scan.png" in listing and "alice" in listing
+    assert admin_client.get("/admin/ocr/pendingupload/add/").status_code == 403
+
+    response = admin_client.post(f"/admin/ocr/pendingupload/{pending.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not PendingUpload.objects.exists() and not storage.exists(name)
