@@ -97,6 +97,7 @@ def _available(*, owner: AbstractBaseUser, ids: Iterable[uuid.UUID]) -> list[Pen
     return [found[key] for key in ids if key in found]
 
 
+available_pending_uploads = _available
 pending_uploads_available = sync_to_async(_available)
 
 

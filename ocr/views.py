@@ -13,6 +13,7 @@ import uuid
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
@@ -98,7 +99,10 @@ def _home_context(request: HttpRequest, form: UploadForm, *, kept: list[PendingU
 @require_GET
 @page_owner_required
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "ocr/home.html", _home_context(request, UploadForm()))
+    # ``?kept=`` ids: files of a batch a limit refused, kept for a while; they come back ticked, ready to start.
+    ids = pending.parse_ids(request.GET.get("kept", "").split(","))[:MAX_BATCH_FILES]
+    kept = pending.available_pending_uploads(owner=request.owner, ids=ids) if ids else None
+    return render(request, "ocr/home.html", _home_context(request, UploadForm(), kept=kept))
 
 
 @require_POST
@@ -138,7 +142,10 @@ async def job_new(request: HttpRequest) -> HttpResponse:
     await sync_to_async(messages.success)(
         request, ngettext("%(count)s job started.", "%(count)s jobs started.", count) % {"count": count}
     )
-    return redirect(f"{reverse('ocr:job-batch')}?jobs={','.join(str(job.pk) for job in outcome.started)}")
+    query = {"jobs": ",".join(str(job.pk) for job in outcome.started)}
+    if outcome.kept:
+        query["kept"] = ",".join(str(upload.pk) for upload in outcome.kept)
+    return redirect(f"{reverse('ocr:job-batch')}?{urlencode(query, safe=',')}")
 
 
 def _refusal_text(refused: batches.Refused) -> str:
@@ -231,8 +238,12 @@ def job_batch(request: HttpRequest) -> HttpResponse:
     """The jobs one upload form started together, with their live progress (``?jobs=`` their ids)."""
     ids = pending.parse_ids(request.GET.get("jobs", "").split(","))[:MAX_BATCH_FILES]
     jobs = selectors.batch_jobs_for_owner(owner=request.owner, job_ids=ids)
+    kept_ids = pending.parse_ids(request.GET.get("kept", "").split(","))[:MAX_BATCH_FILES]
+    kept = pending.available_pending_uploads(owner=request.owner, ids=kept_ids) if kept_ids else []
     context = {
         "jobs": jobs,
+        "kept": kept,
+        "kept_ids": ",".join(str(upload.pk) for upload in kept),
         "batch": True,
         "batch_ids": ",".join(str(job.pk) for job in jobs),
         "batch_open": any(not job.is_finished for job in jobs),

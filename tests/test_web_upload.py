@@ -331,7 +331,7 @@ async def test_the_job_page_offers_run_again_only_with_a_kept_upload(web, alice)
     assert "/again" not in without
 
 
-async def test_the_running_jobs_limit_applies_to_each_file_of_a_batch(web, alice, settings, fake_vllm):
+async def test_the_running_jobs_limit_applies_to_each_file_of_a_batch(web, alice, bob, settings, fake_vllm):
     settings.OCR_USER_MAX_RUNNING_JOBS = 1
     fake_vllm.set_default(tokens=40, token_delay=0.02)  # the first job still runs when the second asks
     files = [SimpleUploadedFile("first.png", PNG), SimpleUploadedFile("second.png", PNG)]
@@ -344,3 +344,10 @@ async def test_the_running_jobs_limit_applies_to_each_file_of_a_batch(web, alice
     batch = (await web.get(response["Location"])).content.decode()
     assert "“second.png” was not started: You have too many jobs running at once." in batch
     assert "1 job started." in batch
+    # The refused file is kept: the batch page offers it again, and the upload page brings it back ticked.
+    kept = await PendingUpload.objects.aget(file_name="second.png")
+    assert "data-kept-offer" in batch and f"/?kept={kept.pk}" in batch
+    home = (await web.get(f"/?kept={kept.pk}")).content.decode()
+    assert "upload-item--kept" in home and "second.png" in home and f'value="{kept.pk}"' in home
+    others = (await (await client_for(bob)).get(f"/?kept={kept.pk}")).content.decode()
+    assert "second.png" not in others  # someone else's kept file is as good as unknown
