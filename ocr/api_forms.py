@@ -70,7 +70,9 @@ async def read_ocr_request(request: HttpRequest, *, batch: bool) -> tuple[list[i
         )
 
     def parse() -> tuple[list[intake.Upload], OcrRequestForm]:
-        files = request.FILES.getlist("file") if batch else request.FILES.getlist("file")[:1]
+        files = request.FILES.getlist("file")
+        if not batch:
+            files = files[-1:]  # as ever: of several ``file`` fields the one-file endpoints read the last
         if len(files) > MAX_BATCH_FILES:
             raise IntakeError(f"Send at most {MAX_BATCH_FILES} files at once.", code=ErrorCode.TOO_MANY_FILES)
         uploads = [intake.Upload(data=file.read(), file_name=intake.clean_file_name(file.name)) for file in files]
