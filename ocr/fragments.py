@@ -41,12 +41,19 @@ def block_label(label: str) -> str:
     return str(known.get(label, label))
 
 
+def duration_formats() -> tuple[str, str]:
+    """The two shapes of a duration in the active language: under a minute, and with minutes. The page's ticking
+    clock (``static/js/app.js``) fills them in as the server does."""
+    return _("%(seconds)s s"), _("%(minutes)s min %(seconds)02d s")
+
+
 def duration_text(milliseconds: int) -> str:
     """``42 s`` or ``3 min 05 s``: how long something took or will take."""
     seconds = max(0, round(milliseconds / 1000))
+    under_a_minute, with_minutes = duration_formats()
     if seconds < 60:
-        return _("%(seconds)s s") % {"seconds": seconds}
-    return _("%(minutes)s min %(seconds)02d s") % {"minutes": seconds // 60, "seconds": seconds % 60}
+        return under_a_minute % {"seconds": seconds}
+    return with_minutes % {"minutes": seconds // 60, "seconds": seconds % 60}
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +189,11 @@ class ProgressView:
         return duration_text(self.elapsed_ms)
 
     @property
+    def duration_formats(self) -> tuple[str, str]:
+        """For the page's clock, which ticks the elapsed time on between updates."""
+        return duration_formats()
+
+    @property
     def remaining_ms(self) -> int | None:
         left = self.pages - self.ended
         if not self.running or not self.ended or left <= 0:
@@ -228,6 +240,15 @@ class UsageView:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def elapsed(self) -> str:
+        return duration_text(self.elapsed_ms)
+
+    @property
+    def duration_formats(self) -> tuple[str, str]:
+        """For the page's clock, which ticks the elapsed time on between updates."""
+        return duration_formats()
 
 
 def usage_view(job: OcrJob, pages: list[OcrPage], *, live_chars: dict[int, int] | None = None) -> UsageView:

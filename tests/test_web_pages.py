@@ -170,6 +170,18 @@ def test_a_running_job_page_connects_to_its_stream_and_offers_cancel(alice, alic
     assert '<noscript><meta http-equiv="refresh" content="5"></noscript>' in content
 
 
+def test_a_running_job_s_elapsed_time_is_in_the_page_s_language(alice, alice_client):
+    """The server's text and the formats the page's ticking clock uses: no English unit on a Chinese page."""
+    job = make_job(alice, status="running", text="partial", live_seq=1)
+    alice_client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/"})
+
+    content = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+
+    assert 'data-seconds-format="%(seconds)s 秒"' in content
+    assert 'data-minutes-format="%(minutes)s 分 %(seconds)02d 秒"' in content
+    assert re.search(r"data-started=\"[^\"]+\"[^>]*>\d+ 秒<", content)
+
+
 OTHERS = [
     "/jobs/{id}/",
     "/jobs/{id}/events",

@@ -31,11 +31,20 @@
     if (form.dataset && form.dataset.confirm && !window.confirm(form.dataset.confirm)) event.preventDefault();
   });
 
-  // The elapsed time of a running job ticks between server updates.
+  // The elapsed time of a running job ticks between server updates, in the page's language ("42 s", "3 min 05 s"
+  // from the formats the server put beside it).
+  function duration(element, seconds) {
+    var minutes = Math.floor(seconds / 60);
+    var rest = seconds % 60;
+    if (minutes === 0) return (element.dataset.secondsFormat || "%(seconds)s s").replace("%(seconds)s", seconds);
+    return (element.dataset.minutesFormat || "%(minutes)s min %(seconds)02d s")
+      .replace("%(minutes)s", minutes)
+      .replace("%(seconds)02d", (rest < 10 ? "0" : "") + rest);
+  }
   setInterval(function () {
     document.querySelectorAll("[data-started]").forEach(function (element) {
       var started = Date.parse(element.dataset.started);
-      if (!isNaN(started)) element.textContent = Math.max(0, Math.round((Date.now() - started) / 1000)) + " s";
+      if (!isNaN(started)) element.textContent = duration(element, Math.max(0, Math.round((Date.now() - started) / 1000)));
     });
   }, 1000);
 
