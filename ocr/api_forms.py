@@ -21,9 +21,11 @@ MAX_BATCH_FILES = 100
 
 
 class OcrRequestForm(forms.Form):
-    prompt = forms.CharField(required=False)
-    text_layer = forms.CharField(required=False)
-    callback_url = forms.CharField(required=False)
+    # Plain fields, not ``CharField``s: its own checks (a NUL character) would answer with codes of their own
+    # before ours, and the codes are the contract. Each field is checked below, as it always was.
+    prompt = forms.Field(required=False)
+    text_layer = forms.Field(required=False)
+    callback_url = forms.Field(required=False)
 
     def clean_prompt(self) -> str:
         try:
@@ -34,12 +36,15 @@ class OcrRequestForm(forms.Form):
     def clean_text_layer(self) -> str:
         """``auto`` (read a PDF page from its text layer when it is usable), ``ocr`` (OCR every page), or "" for
         the server's ``OCR_PDF_TEXT_LAYER``."""
-        value = self.cleaned_data["text_layer"]
+        value = (self.cleaned_data["text_layer"] or "").strip()
         if value and value not in TEXT_LAYER_CHOICES:
             raise forms.ValidationError(
                 f"text_layer is one of {', '.join(TEXT_LAYER_CHOICES)}.", code=ErrorCode.INVALID_TEXT_LAYER
             )
         return value
+
+    def clean_callback_url(self) -> str:
+        return self.cleaned_data["callback_url"] or ""  # checked by ``webhooks.validate_callback_url``, unstripped
 
     def api_error(self) -> ApiError:
         """The first problem, as the API answers it."""

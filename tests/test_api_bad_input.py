@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 
 from ocr.models import OcrJob
 from testing.documents import BAD_INPUTS, ODD_GOOD_INPUTS, giant_page_pdf, make_numbered_pdf
@@ -100,6 +101,26 @@ async def test_a_prompt_that_is_too_long_is_refused(api: Api):
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_prompt"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "field", "value", "code"),
+    [
+        ("/api/ocr/image", "prompt", "read\x00this", "invalid_prompt"),
+        ("/api/ocr/pdf", "text_layer", "ocr\x00", "invalid_text_layer"),
+        ("/api/jobs", "callback_url", "https://example.com/\x00hook", "invalid_callback_url"),
+        ("/api/jobs", "callback_url", "   ", "invalid_callback_url"),
+    ],
+)
+async def test_a_field_with_a_nul_character_or_only_spaces_gets_that_field_s_code(
+    api: Api, endpoint, field, value, code
+):
+    """The codes are the contract: a NUL character in a field is that field's error, not a generic one."""
+    upload = SimpleUploadedFile("page.png", ODD_GOOD_INPUTS["jpeg_named_png"].factory())
+    response = await api.client.post(endpoint, {"file": upload, field: value}, headers=api.headers())
+
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["error"]["code"] == code
 
 
 async def test_a_giant_pdf_page_is_rendered_within_the_pixel_cap(api: Api, settings):
