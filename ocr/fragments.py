@@ -179,6 +179,9 @@ class ProgressView:
     elapsed_ms: int
     running: bool
     started_at: datetime
+    #: Pages that ended in this run (since ``started_at``): the pace. A retried or resumed job's earlier pages
+    #: count as ended but took none of this run's time.
+    paced: int = 0
 
     @property
     def percent(self) -> int:
@@ -196,9 +199,9 @@ class ProgressView:
     @property
     def remaining_ms(self) -> int | None:
         left = self.pages - self.ended
-        if not self.running or not self.ended or left <= 0:
+        if not self.running or not self.paced or left <= 0:
             return None
-        return self.elapsed_ms * left // self.ended
+        return self.elapsed_ms * left // self.paced
 
     @property
     def remaining(self) -> str:
@@ -207,13 +210,15 @@ class ProgressView:
 
 
 def progress_view(job: OcrJob, pages: list[OcrPage]) -> ProgressView:
-    ended = sum(1 for page in pages if page.status in PageStatus.final())
+    final = [page for page in pages if page.status in PageStatus.final()]
     running = not job.is_finished
     started = job.claimed_at or job.created_at
+    paced = sum(1 for page in final if page.finished_at is None or page.finished_at >= started)
     elapsed_ms = int((timezone.now() - started).total_seconds() * 1000) if running else job.duration_ms or 0
     return ProgressView(
         pages=max(job.page_count, len(pages)),
-        ended=ended,
+        ended=len(final),
+        paced=paced,
         reading=sorted(page.number for page in pages if page.status == PageStatus.RUNNING) if running else [],
         elapsed_ms=max(0, elapsed_ms),
         running=running,
@@ -329,8 +334,9 @@ class LiveRenderer:
         for event in batch.events:
             kind = event["type"]
             if kind == "start" and self.job.status == JobStatus.QUEUED:
-                # A runner took the queued job: the header says it runs now.
+                # A runner took the queued job: the header says it runs now, and its clock starts now.
                 self.job.status = JobStatus.RUNNING
+                self.job.claimed_at = timezone.now()
                 parts.append(oob(render_part("header", self._context(has_text=self._has_text()))))
             elif kind == "page_start":
                 number = event["page"]

@@ -588,6 +588,26 @@ def test_the_progress_bar_names_the_page_being_read_and_estimates_the_time_left(
     assert left is not None, "three pages at the pace of the first: about a minute"
 
 
+def test_a_resumed_job_s_estimate_counts_only_the_pages_of_this_run(alice):
+    """Pages finished before the job was taken again took none of this run's time: the pace is this run's."""
+    from ocr.fragments import progress_view
+
+    job = make_job(alice, status="running", kind="pdf", pages=0, detached=True)
+    now = timezone.now()
+    OcrJob.objects.filter(pk=job.pk).update(page_count=100, claimed_at=now - timedelta(seconds=30))
+    earlier = now - timedelta(hours=1)
+    for number in range(1, 91):
+        OcrPage.objects.create(job=job, number=number, status="done", text="x", finished_at=earlier)
+    OcrPage.objects.create(job=job, number=91, status="done", text="x", finished_at=now)
+    job.refresh_from_db()
+
+    progress = progress_view(job, list(job.pages.all()))
+
+    assert progress.ended == 91 and progress.paced == 1
+    # Nine pages left at this run's pace of one page in 30 s: about four and a half minutes, not three seconds.
+    assert 9 * 29_000 <= progress.remaining_ms <= 9 * 31_000
+
+
 def test_the_page_list_shows_each_pages_own_ending(alice, alice_client):
     job = make_job(alice, status="partial", kind="pdf", pages=0, detached=True)
     OcrJob.objects.filter(pk=job.pk).update(page_count=3)
