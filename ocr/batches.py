@@ -24,6 +24,7 @@ from accounts.limits import LimitExceeded
 from myocr.http import ApiError
 from ocr import intake, pending
 from ocr.config import ocr_config
+from ocr.errors import QueueUnavailable
 from ocr.events import ErrorCode
 from ocr.jobs import submit_job
 from ocr.models import JobSource, OcrJob, PendingUpload
@@ -109,6 +110,13 @@ async def read_file(file: File) -> bytes:
     return await sync_to_async(file.read, thread_sensitive=False)()
 
 
+def without_resent(kept: Sequence[PendingUpload], files: Sequence[File]) -> list[File]:
+    """``files`` without those the form also names as kept (same name and size): a browser that could not leave
+    out the bytes of files it had already sent to the preview must not start their jobs twice."""
+    known = {(upload.file_name, upload.size) for upload in kept}
+    return [file for file in files if (intake.clean_file_name(file.name), file.size) not in known]
+
+
 async def batch_submit(
     *, owner: AbstractBaseUser, files: Sequence[PendingUpload | File], prompt: str, text_layer: str = ""
 ) -> BatchOutcome:
@@ -123,7 +131,8 @@ async def batch_submit(
             else:
                 data = await read_file(source)
                 job = await job_from_bytes(owner=owner, data=data, file_name=name, prompt=prompt, text_layer=text_layer)
-        except LimitExceeded as error:
+        except (LimitExceeded, QueueUnavailable) as error:
+            # Refused for now, not for what the file is: it is kept, so that it can be offered again.
             outcome.refused.append(Refused(name, error))
             outcome.kept.append(
                 source if is_pending else await keep_upload(owner=owner, data=await read_file(source), file_name=name)

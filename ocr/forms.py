@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from django import forms
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from ocr.config import ocr_config
 from ocr.engines.profiles import DOCUMENT_PROMPT
@@ -170,6 +171,19 @@ class UploadForm(JobOptionsForm):
                 self.add_error("file", _("The file chosen before is no longer kept on the server: choose it again."))
             else:
                 self.add_error("file", _("Choose an image or a PDF."))
+        elif self.asked_for > len(self.kept):
+            # Some of the files checked before are gone (expired, or started from another tab): say so rather
+            # than start the others without them; the ones still kept stay ticked for the next Start.
+            missing = self.asked_for - len(self.kept)
+            self.add_error(
+                "file",
+                ngettext(
+                    "%(count)s file chosen before is no longer kept on the server: choose it again.",
+                    "%(count)s files chosen before are no longer kept on the server: choose them again.",
+                    missing,
+                )
+                % {"count": missing},
+            )
         elif count > MAX_BATCH_FILES:
             self.add_error("file", _("Choose at most %(limit)s files at once.") % {"limit": MAX_BATCH_FILES})
         return data

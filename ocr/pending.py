@@ -107,7 +107,8 @@ def _claim(*, owner: AbstractBaseUser, pending_id: uuid.UUID) -> PendingUpload |
     now = timezone.now()
     if not _owned(owner, now=now).filter(pk=pending_id, claimed_at__isnull=True).update(claimed_at=now):
         return None
-    return PendingUpload.objects.get(pk=pending_id)
+    # Deleted in between (its owner discarded it from another tab, or the cap pushed it out): as good as unknown.
+    return PendingUpload.objects.filter(pk=pending_id).first()
 
 
 pending_upload_claim = sync_to_async(_claim)
@@ -138,13 +139,17 @@ pending_upload_consume = sync_to_async(_consume)
 
 
 def delete_pending(pendings: QuerySet[PendingUpload]) -> int:
-    """Delete ``pendings`` and their files. Returns how many rows went."""
-    names = list(pendings.values_list("pk", "data"))
+    """Delete ``pendings`` and their files. Returns how many rows went.
+
+    The delete keeps the query's own conditions (untaken, say), so a row another request claimed in between stays,
+    and only the files of the rows that went are deleted."""
+    names = dict(pendings.values_list("pk", "data"))
     with transaction.atomic():
-        deleted, _ = PendingUpload.objects.filter(pk__in=[pk for pk, _name in names]).delete()
+        deleted, _ = pendings.filter(pk__in=list(names)).delete()
+    kept = set(PendingUpload.objects.filter(pk__in=list(names)).values_list("pk", flat=True))
     storage = PendingUpload._meta.get_field("data").storage
-    for _pk, name in names:
-        if name:
+    for pk, name in names.items():
+        if name and pk not in kept:
             try:
                 storage.delete(name)
             except OSError:
@@ -157,7 +162,11 @@ def expire_pending_uploads(now: datetime | None = None) -> int:
     which no row names (their owner was deleted, or a process stopped between writing a file and its row).
     Returns how many uploads were deleted."""
     now = now or timezone.now()
-    deleted = delete_pending(PendingUpload.objects.filter(created_at__lte=now - PENDING_LIFETIME))
+    cutoff = now - PENDING_LIFETIME
+    # A row taken for a job is deleted by that job's submission; one taken long ago is left from a process that
+    # stopped on the way.
+    expired = PendingUpload.objects.filter(created_at__lte=cutoff).exclude(claimed_at__gt=cutoff)
+    deleted = delete_pending(expired)
     _delete_orphan_files(before=now - PENDING_LIFETIME)
     return deleted
 

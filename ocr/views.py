@@ -122,7 +122,7 @@ async def job_new(request: HttpRequest) -> HttpResponse:
         return await _upload_refused(request, form, kept=kept)
     outcome = await batches.batch_submit(
         owner=request.owner,
-        files=[*kept, *form.cleaned_data["file"]],
+        files=[*kept, *batches.without_resent(kept, form.cleaned_data["file"])],
         prompt=form.cleaned_data["prompt"],
         text_layer=form.cleaned_data.get("text_layer") or "",
     )

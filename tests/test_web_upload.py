@@ -148,6 +148,36 @@ async def test_housekeeping_deletes_the_files_of_pending_uploads_whose_owner_was
     assert not storage.exists(name)
 
 
+async def test_a_form_naming_a_file_no_longer_kept_starts_nothing_and_says_so(web, alice):
+    first = await kept_id(web, "first.png")
+    second = PENDING_FIELD.search(await preview(web, "second.png", PNG)).group(1)
+    await PendingUpload.objects.filter(pk=second).aupdate(
+        created_at=timezone.now() - pending.PENDING_LIFETIME - timedelta(seconds=1)
+    )
+
+    response = await web.post("/jobs/new", {"pending": [first, second], "preset": "default"})
+
+    content = response.content.decode()
+    assert response.status_code == 400
+    assert "1 file chosen before is no longer kept on the server: choose it again." in content
+    assert not await OcrJob.objects.aexists()  # nothing started without it
+    assert f'value="{first}"' in content and "first.png" in content  # the one still kept stays, ticked
+
+
+async def test_a_discard_or_the_expiry_leaves_a_pending_upload_a_submission_has_just_taken(web, alice):
+    pending_id = uuid.UUID(await kept_id(web))
+    taken = await pending.pending_upload_claim(owner=alice, pending_id=pending_id)
+    assert taken is not None
+    await PendingUpload.objects.filter(pk=pending_id).aupdate(
+        created_at=timezone.now() - pending.PENDING_LIFETIME - timedelta(seconds=1)
+    )
+
+    assert await pending.pending_uploads_discard(owner=alice, ids=[pending_id]) == 0
+    assert await sync_to_async(pending.expire_pending_uploads)() == 0
+    assert await PendingUpload.objects.filter(pk=pending_id).aexists()
+    assert taken.data.storage.exists(taken.data.name), "the job being made still reads this file"
+
+
 async def test_a_new_choice_discards_the_files_checked_before(web, alice):
     first = await kept_id(web)
 

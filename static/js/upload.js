@@ -139,6 +139,7 @@
         var item = document.createElement("li");
         item.className = "upload-item";
         item.dataset.uploadItem = "";
+        item.uploadFile = file;
         var name = document.createElement("p");
         name.className = "upload-item__name";
         name.textContent = file.name;
@@ -235,8 +236,17 @@
 
     form.addEventListener("submit", function (event) {
       if (start.disabled) { event.preventDefault(); return; }
-      // Every chosen file is kept on the server already: send the ids, not the bytes again.
-      if (input.files && input.files.length && !items("unchecked").length) input.disabled = true;
+      // The files kept on the server already go as their ids, not as bytes again: only the ones the preview could
+      // not check are sent (the server also leaves out a file it is sent twice).
+      if (!input.files || !input.files.length) return;
+      var unchecked = items("unchecked");
+      if (!unchecked.length) {
+        input.disabled = true;
+      } else if (typeof DataTransfer === "function") {
+        var transfer = new DataTransfer();
+        unchecked.forEach(function (item) { if (item.uploadFile) transfer.items.add(item.uploadFile); });
+        input.files = transfer.files;
+      }
     });
     // Back to this page from the next one (the back-forward cache): the input must work again.
     window.addEventListener("pageshow", function () { input.disabled = false; update(); });
