@@ -178,6 +178,19 @@ async def test_a_discard_or_the_expiry_leaves_a_pending_upload_a_submission_has_
     assert taken.data.storage.exists(taken.data.name), "the job being made still reads this file"
 
 
+async def test_a_file_sent_both_as_kept_and_as_bytes_makes_one_job(web, alice, fake_vllm):
+    """A browser that could not leave the bytes out sends a checked file twice: once its id, once itself."""
+    pending_id = await kept_id(web, "twice.png")
+
+    response = await web.post(
+        "/jobs/new", {"pending": pending_id, "file": SimpleUploadedFile("twice.png", PNG), "preset": "default"}
+    )
+
+    assert response.status_code == 302
+    jobs = await wait_for_jobs(alice)
+    assert [job.file_name for job in jobs] == ["twice.png"]
+
+
 async def test_a_new_choice_discards_the_files_checked_before(web, alice):
     first = await kept_id(web)
 
