@@ -144,6 +144,37 @@ def test_two_dropped_files_make_two_jobs_shown_together_without_a_second_upload(
     shot(page, "02-batch-done")
 
 
+def test_a_file_the_preview_could_not_check_is_sent_alone_and_each_file_runs_once(browse, server, fake):
+    """The preview of one file fails (the network, say): Start sends that file's bytes and only the other's id."""
+    fake.set_default(tokens=20, token_delay=0.01)
+    page = browse(1280)
+    page.route(
+        "**/jobs/preview",
+        lambda route: (
+            route.abort() if b'filename="unlucky' in (route.request.post_data_buffer or b"") else route.continue_()
+        ),
+    )
+    page.locator("input[name=file]").set_input_files(
+        [
+            file_payload("lucky.png", PNG, "image/png"),
+            file_payload("unlucky.pdf", make_numbered_pdf(1), "application/pdf"),
+        ]
+    )
+    expect(ready_items(page)).to_have_count(1)
+    expect(page.locator("[data-upload-item][data-state=unchecked]")).to_have_count(1)
+    shot(page, "05-one-file-unchecked")
+
+    with page.expect_request(lambda request: request.url.endswith("/jobs/new")) as submitted:
+        start_button(page).click()
+    body = submitted.value.post_data_buffer or b""
+    page.wait_for_url(BATCH_URL)
+
+    assert body.count(b'name="pending"') == 1 and b'filename="unlucky.pdf"' in body
+    assert b'filename="lucky.png"' not in body  # kept by its preview: its bytes travel once
+    wait_batch_done(page, 2)
+    assert sorted(page.locator("#batch-rows a").all_text_contents()) == ["lucky.png", "unlucky.pdf"]
+
+
 def test_several_picked_files_at_390_px_make_one_job_each(browse, server, fake):
     fake.set_default(tokens=30, token_delay=0.01)
     page = browse(390)
