@@ -110,7 +110,7 @@ async def _submit_jobs(request: HttpRequest) -> HttpResponse:
     kinds: list[str] = []
     # Every file is checked before anything is kept: one bad file refuses the whole batch, naming it.
     for upload in uploads:
-        kind = "pdf" if intake.sniff(upload.data[:1024]) == intake.PDF else "image"
+        kind = intake.job_kind(upload.data)
         try:
             document = await intake.open_upload(upload, expected_kind=kind, config=config)
         except IntakeError as error:

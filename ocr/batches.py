@@ -51,10 +51,6 @@ class BatchOutcome:
     kept: list[PendingUpload] = field(default_factory=list)
 
 
-def kind_of(data: bytes) -> str:
-    return "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
-
-
 async def job_from_bytes(
     *, owner: AbstractBaseUser, data: bytes, file_name: str, prompt: str, text_layer: str = ""
 ) -> OcrJob:
@@ -62,7 +58,7 @@ async def job_from_bytes(
     return await submit_job(
         owner=owner,
         upload=intake.Upload(data=data, file_name=file_name),
-        kind=kind_of(data),
+        kind=intake.job_kind(data),
         source=JobSource.WEB,
         prompt=prompt,
         text_layer=text_layer,
@@ -94,7 +90,7 @@ async def job_from_pending(
 
 async def keep_upload(*, owner: AbstractBaseUser, data: bytes, file_name: str) -> PendingUpload:
     """Check ``data`` with the intake and keep it as the owner's pending upload. Raises ``OcrError``."""
-    kind = kind_of(data)
+    kind = intake.job_kind(data)
     document = await intake.open_upload(
         intake.Upload(data=data, file_name=file_name), expected_kind=kind, config=ocr_config()
     )

@@ -28,6 +28,7 @@ from ocr.engines.base import PageImage
 from ocr.engines.textlayer import read_text_layer
 from ocr.errors import IntakeError
 from ocr.events import ErrorCode
+from ocr.statuses import JobKind
 
 # PDFium is not thread-safe, not even across documents: every call into it goes through this one thread.
 _pdfium_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdfium")
@@ -74,6 +75,12 @@ def sniff(head: bytes) -> str | None:
     if b"%PDF-" in head[:1024]:
         return PDF
     return None
+
+
+def job_kind(data: bytes) -> str:
+    """The kind of job an upload makes, by its bytes: ``pdf`` for a PDF, ``image`` for anything else (which the
+    intake then accepts or refuses as an image)."""
+    return JobKind.PDF if sniff(data[:1024]) == PDF else JobKind.IMAGE
 
 
 def clean_file_name(name: str | None) -> str:

@@ -209,7 +209,7 @@ async def _preview_item(request: HttpRequest, uploaded: UploadedFile) -> dict[st
     name = intake.clean_file_name(uploaded.name)
     data = await sync_to_async(uploaded.read, thread_sensitive=False)()
     item: dict[str, Any] = {"file_name": name, "size": len(data), "thumbnails": [], "error": ""}
-    kind = batches.kind_of(data)
+    kind = intake.job_kind(data)
     # Thumbnails need far fewer pixels than OCR: render PDF pages at a low resolution.
     config = replace(ocr_config(), pdf_dpi=36, page_format="jpeg")
     try:

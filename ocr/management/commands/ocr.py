@@ -43,7 +43,7 @@ class Command(BaseCommand):
 
     async def run(self, path: Path, raw_prompt: str, username: str) -> str:
         data = await asyncio.to_thread(path.read_bytes)
-        kind = "pdf" if intake.sniff(data[:1024]) == intake.PDF else "image"
+        kind = intake.job_kind(data)
         upload = intake.Upload(data=data, file_name=intake.clean_file_name(path.name))
         prompt = prompt_or_default(raw_prompt)
         owner = await self.owner(username)
