@@ -168,24 +168,10 @@ def page_view(page: OcrPage, job: OcrJob) -> PageView:
 
 
 @dataclass(slots=True)
-class ProgressView:
-    """The progress bar: how many of the job's pages have ended, which are being read, and, once a page has
-    ended, an estimate of the time left from the pace so far (pages run in parallel, so the pace is the job's,
-    not one page's)."""
+class Elapsed:
+    """A panel that shows how long the job has run (or ran), ticked on by the page's clock while it runs."""
 
-    pages: int
-    ended: int
-    reading: list[int]
     elapsed_ms: int
-    running: bool
-    started_at: datetime
-    #: Pages that ended in this run (since ``started_at``): the pace. A retried or resumed job's earlier pages
-    #: count as ended but took none of this run's time.
-    paced: int = 0
-
-    @property
-    def percent(self) -> int:
-        return round(100 * self.ended / self.pages) if self.pages else 0
 
     @property
     def elapsed(self) -> str:
@@ -195,6 +181,26 @@ class ProgressView:
     def duration_formats(self) -> tuple[str, str]:
         """For the page's clock, which ticks the elapsed time on between updates."""
         return duration_formats()
+
+
+@dataclass(slots=True)
+class ProgressView(Elapsed):
+    """The progress bar: how many of the job's pages have ended, which are being read, and, once a page has
+    ended, an estimate of the time left from the pace so far (pages run in parallel, so the pace is the job's,
+    not one page's)."""
+
+    pages: int
+    ended: int
+    reading: list[int]
+    running: bool
+    started_at: datetime
+    #: Pages that ended in this run (since ``started_at``): the pace. A retried or resumed job's earlier pages
+    #: count as ended but took none of this run's time.
+    paced: int = 0
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.ended / self.pages) if self.pages else 0
 
     @property
     def remaining_ms(self) -> int | None:
@@ -227,7 +233,7 @@ def progress_view(job: OcrJob, pages: list[OcrPage]) -> ProgressView:
 
 
 @dataclass(slots=True)
-class UsageView:
+class UsageView(Elapsed):
     """What the usage panel shows; while a job runs, characters grow with the text and tokens with each page."""
 
     prompt_tokens: int
@@ -237,7 +243,6 @@ class UsageView:
     input_bytes: int
     pages: int
     pages_done: int
-    elapsed_ms: int
     estimated: bool
     running: bool
     started_at: datetime
@@ -245,15 +250,6 @@ class UsageView:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
-
-    @property
-    def elapsed(self) -> str:
-        return duration_text(self.elapsed_ms)
-
-    @property
-    def duration_formats(self) -> tuple[str, str]:
-        """For the page's clock, which ticks the elapsed time on between updates."""
-        return duration_formats()
 
 
 def usage_view(job: OcrJob, pages: list[OcrPage], *, live_chars: dict[int, int] | None = None) -> UsageView:
