@@ -24,8 +24,8 @@ from .contract import streamed_text
 PASSWORD = "correct horse battery staple"
 
 
-@pytest.fixture(autouse=True)
-async def close_thread_connections() -> Any:
+@pytest.fixture
+async def thread_connections_closed() -> Any:
     """Close the database connections that async ORM calls opened in asgiref's worker thread, so that
     PostgreSQL can drop the test database at the end of the run."""
     yield
@@ -33,6 +33,36 @@ async def close_thread_connections() -> Any:
     from django.db import connections
 
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture(autouse=True)
+def close_thread_connections(request: pytest.FixtureRequest) -> None:
+    """``thread_connections_closed`` for every test but the browser tests: Playwright's sync API owns their
+    thread's event loop, and they reach the database only through a server process."""
+    if request.node.get_closest_marker("browser") is None:
+        request.getfixturevalue("thread_connections_closed")
+
+
+def sign_in(page: Any, server: Any, username: str, password: str = PASSWORD) -> Any:
+    """Sign ``page`` in as ``username`` through the login form, as a person would, in whatever language the page
+    speaks (the fields are found by their names); returns the page."""
+    page.goto(f"{server.url}/accounts/login/")
+    page.locator("input[name=username]").fill(username)
+    page.locator("input[name=password]").fill(password)
+    page.locator("form:has(input[name=password]) [type=submit]").click()
+    page.wait_for_url(f"{server.url}/")
+    return page
+
+
+@pytest.fixture
+async def fresh_channel_layer() -> Any:
+    """The in-memory channel layer is per process: the test starts and ends with empty groups, on its own loop."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    await layer.flush()
+    yield layer
+    await layer.flush()
 
 
 @pytest.fixture(autouse=True)

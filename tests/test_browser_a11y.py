@@ -16,7 +16,7 @@ from testing.documents import make_numbered_pdf
 from testing.production import create_superuser
 from testing.servers import ROOT, AppServer
 
-from .conftest import PASSWORD
+from .conftest import PASSWORD, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -30,12 +30,6 @@ VARIANTS = {
     "zh-390": {"viewport": {"width": 390, "height": 844}, "locale": "zh-CN", "is_mobile": True, "has_touch": True},
     "en-1280-dark": {"viewport": {"width": 1280, "height": 900}, "locale": "en-GB", "color_scheme": "dark"},
 }
-
-
-@pytest.fixture(autouse=True)
-def close_thread_connections():
-    """Replaces the async autouse fixture of conftest: Playwright's sync API owns this thread's event loop."""
-    return
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +89,7 @@ def test_no_page_has_a_serious_accessibility_violation(chromium, server, finishe
         page = context.new_page()
         page.set_default_timeout(20_000)
         found = check_pages(page, server, SIGNED_OUT, variant)
-        page.goto(f"{server.url}/accounts/login/")
-        page.locator("input[name=username]").fill("erin")
-        page.locator("input[name=password]").fill(PASSWORD)
-        page.locator("form:has(input[name=password]) button[type=submit]").click()
-        page.wait_for_url(f"{server.url}/")
+        sign_in(page, server, "erin")
         found |= check_pages(page, server, (*SIGNED_IN, f"/jobs/{finished_job}/"), variant)
     finally:
         context.close()

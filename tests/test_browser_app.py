@@ -13,17 +13,11 @@ from playwright.sync_api import expect
 from testing.documents import SAMPLES, make_numbered_pdf
 from testing.servers import ROOT
 
-from .conftest import PASSWORD
+from .conftest import sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-
-
-@pytest.fixture(autouse=True)
-def close_thread_connections():
-    """Replaces the async autouse fixture of conftest: Playwright's sync API owns this thread's event loop."""
-    return
 
 
 @pytest.fixture
@@ -53,11 +47,7 @@ def server(fake_vllm_server, module_app_server):
 def signed_in(page, server):
     """A browser page signed in as ``dana`` through the login form."""
     page.set_default_timeout(20_000)
-    page.goto(f"{server.url}/accounts/login/")
-    page.get_by_label("Username").fill("dana")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{server.url}/")
+    sign_in(page, server, "dana")
     return page
 
 

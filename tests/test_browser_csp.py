@@ -51,12 +51,6 @@ document.addEventListener("securitypolicyviolation", (e) => window.__csp.push(
 """
 
 
-@pytest.fixture(autouse=True)
-def close_thread_connections():
-    """Replaces the async autouse fixture of conftest: Playwright's sync API owns this thread's event loop."""
-    return
-
-
 @pytest.fixture(scope="module")
 def server(fake_vllm_server, module_app_server):
     app = module_app_server(

@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 from testing.documents import SAMPLES, make_numbered_pdf
 from testing.servers import ROOT
 
-from .conftest import PASSWORD
+from .conftest import sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -24,12 +24,6 @@ PNG = SAMPLES["short"].render()
 JOB_URL = re.compile(r".*/jobs/[0-9a-f-]{36}/$")
 BATCH_URL = re.compile(r".*/jobs/batch\?jobs=[0-9a-f,-]+$")
 ONE_DATE_FORMAT = re.compile(r"^\d{1,2} [A-Z][a-z]{2} \d{4}, \d{2}:\d{2} UTC$")
-
-
-@pytest.fixture(autouse=True)
-def close_thread_connections():
-    """Replaces the async autouse fixture of conftest: Playwright's sync API owns this thread's event loop."""
-    return
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +55,7 @@ def browse(chromium, server):
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(20_000)
-        page.goto(f"{server.url}/accounts/login/")
-        page.get_by_label("Username").fill("erin")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url(f"{server.url}/")
+        sign_in(page, server, "erin")
         if language != "en":
             context.add_cookies([{"name": "django_language", "value": language, "url": server.url}])
             page.reload()

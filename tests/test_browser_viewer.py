@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 from testing.documents import make_numbered_pdf
 from testing.servers import ROOT
 
-from .conftest import PASSWORD
+from .conftest import sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -24,12 +24,6 @@ SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 #: (language, viewport width, height): a desktop in English, a phone in Chinese.
 SETUPS = [("en", 1280, 900), ("zh-hans", 390, 844)]
 STALL = {"stall_after": 1, "stall_seconds": 30.0}  # outlasts every check made while the page is held
-
-
-@pytest.fixture(autouse=True)
-def close_thread_connections():
-    """Replaces the async autouse fixture of conftest: Playwright's sync API owns this thread's event loop."""
-    return
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +59,7 @@ def page(chromium, server, setup):
     )
     page = context.new_page()
     page.set_default_timeout(20_000)
-    page.goto(f"{server.url}/accounts/login/")
-    page.get_by_label("Username").fill("vera")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{server.url}/")
+    sign_in(page, server, "vera")
     context.add_cookies([{"name": "django_language", "value": language, "url": server.url}])
     yield page
     context.close()
@@ -348,11 +338,7 @@ def test_the_embedded_engines_line_boxes_are_linked_to_their_text_too(chromium, 
     page = context.new_page()
     page.set_default_timeout(30_000)
     try:
-        page.goto(f"{local_server.url}/accounts/login/")
-        page.get_by_label("Username").fill("vera")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url(f"{local_server.url}/")
+        sign_in(page, local_server, "vera")
         start_pdf(page, local_server, 2)
         wait_done(page)
         pane = page.locator("#page-1")
@@ -384,11 +370,7 @@ def test_without_javascript_the_page_list_and_image_links_still_work(chromium, s
     page = context.new_page()
     page.set_default_timeout(30_000)
     try:
-        page.goto(f"{server.url}/accounts/login/")
-        page.get_by_label("Username").fill("vera")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url(f"{server.url}/")
+        sign_in(page, server, "vera")
         page.locator("input[type=file]").set_input_files(
             {"name": "plain.pdf", "mimeType": "application/pdf", "buffer": make_numbered_pdf(3)}
         )

@@ -18,6 +18,8 @@ from testing.waiting import wait_until
 
 from .test_exports_pdf import GROUNDED, _png
 
+pytestmark = pytest.mark.browser
+
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 VIEWER_STATE = """() => {
   const viewer = document.querySelector('pdf-viewer');
@@ -26,12 +28,6 @@ VIEWER_STATE = """() => {
   const selector = toolbar && toolbar.shadowRoot && toolbar.shadowRoot.querySelector('viewer-page-selector');
   return {pages: selector ? selector.docLength : 0, error: !!viewer.shadowRoot.querySelector('viewer-error-dialog')};
 }"""
-
-
-@pytest.fixture(autouse=True)
-def close_thread_connections():
-    """Replaces the async autouse fixture of conftest: Playwright's sync API owns this thread's event loop."""
-    return
 
 
 class Files:

@@ -28,16 +28,7 @@ from ocr.models import OcrJob, OcrJobEvents, OcrPage
 
 from .contract import assert_contract, streamed_text
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-async def fresh_channel_layer():
-    """The in-memory channel layer is per process; each test starts with empty groups on its own event loop."""
-    layer = get_channel_layer()
-    await layer.flush()
-    yield layer
-    await layer.flush()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_channel_layer")]
 
 
 async def new_job(owner: Any, **fields: Any) -> OcrJob:

@@ -12,15 +12,9 @@ import pytest
 
 from testing.documents import accuracy_set
 
-from .conftest import PASSWORD
+from .conftest import sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def close_thread_connections():
-    """Replaces the async autouse fixture of conftest: Playwright's sync API owns this thread's event loop."""
-    return
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +29,7 @@ def page(chromium, server):
     context = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB")
     page = context.new_page()
     page.set_default_timeout(60_000)
-    page.goto(f"{server.url}/accounts/login/")
-    page.get_by_label("Username").fill("erin")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{server.url}/")
+    sign_in(page, server, "erin")
     yield page
     context.close()
 

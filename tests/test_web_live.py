@@ -15,16 +15,11 @@ from ocr.live import follow_job, live_task
 from ocr.models import OcrJob, OcrPage
 from testing.documents import SAMPLES, make_numbered_pdf
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
-
-
-@pytest.fixture(autouse=True)
-async def fresh_channel_layer():
-    """The in-memory channel layer is per process; each test starts with empty groups on its own event loop."""
-    layer = get_channel_layer()
-    await layer.flush()
-    yield layer
-    await layer.flush()
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.postgres,
+    pytest.mark.usefixtures("fresh_channel_layer"),
+]
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import AsyncClient
@@ -21,18 +20,14 @@ from ocr.live import live_task
 from ocr.models import JobStatus, OcrJob, PendingUpload
 from testing.documents import SAMPLES, make_numbered_pdf
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.postgres,
+    pytest.mark.usefixtures("fresh_channel_layer"),
+]
 
 PNG = SAMPLES["short"].render()
 PENDING_FIELD = re.compile(r'name="pending" value="([0-9a-f-]{36})"')
-
-
-@pytest.fixture(autouse=True)
-async def fresh_channel_layer():
-    layer = get_channel_layer()
-    await layer.flush()
-    yield layer
-    await layer.flush()
 
 
 async def client_for(user) -> AsyncClient:
